@@ -1,0 +1,169 @@
+//! The `Allocator` implementation: a thin adapter over the engine.
+
+use crate::arena::{ArenaState, SmallMidArena};
+use crate::large::{self, huge_header, Kind};
+use crate::size_class::{class_for, CLASS_SIZE};
+use allocator_api2::alloc::{AllocError, Allocator};
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+
+#[inline(always)]
+fn dangling(align: usize) -> NonNull<[u8]> {
+    // SAFETY: an alignment is never zero.
+    let p = unsafe { NonNull::new_unchecked(ptr::without_provenance_mut::<u8>(align)) };
+    NonNull::slice_from_raw_parts(p, 0)
+}
+
+impl ArenaState {
+    #[inline(always)]
+    pub(crate) fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let size = layout.size();
+        if let Some(class) = class_for(size, layout.align()) {
+            if size == 0 {
+                return Ok(dangling(layout.align()));
+            }
+            let b = self.alloc_small(class).ok_or(AllocError)?;
+            return Ok(NonNull::slice_from_raw_parts(b, CLASS_SIZE[class] as usize));
+        }
+        self.alloc_large(layout)
+    }
+
+    /// # Safety
+    /// `ptr` is a block of this arena allocated with a layout that `layout`
+    /// fits (same alignment, size between the request and the returned
+    /// length), not used afterwards.
+    #[inline(always)]
+    pub(crate) unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        let size = layout.size();
+        if let Some(class) = class_for(size, layout.align()) {
+            if size != 0 {
+                // SAFETY: forwarded contract.
+                unsafe { self.free_small(class, ptr.as_ptr()) };
+            }
+            return;
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.free_large(ptr, layout) }
+    }
+
+    /// The block length if `ptr` (allocated with `old`) can serve `new` in
+    /// place; the caller then passes `new` when freeing it.
+    ///
+    /// # Safety
+    /// As for [`Self::deallocate`] with `old`, but the block stays live.
+    unsafe fn in_place(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Option<usize> {
+        if old.size() == 0 || new.size() == 0 || ptr.as_ptr() as usize % new.align() != 0 {
+            return None;
+        }
+        match (
+            class_for(old.size(), old.align()),
+            class_for(new.size(), new.align()),
+        ) {
+            (Some(a), Some(b)) => (a == b).then_some(CLASS_SIZE[a] as usize),
+            (None, None) => match (
+                large::kind(old.size(), old.align()),
+                large::kind(new.size(), new.align()),
+            ) {
+                (Kind::Span { slabs: a, .. }, Kind::Span { slabs: b, .. }) => {
+                    (a == b).then_some(a * crate::slab::SLAB_SIZE)
+                }
+                (Kind::Huge, Kind::Huge) => {
+                    // SAFETY: per contract `ptr` is a live huge block.
+                    let len = unsafe { (*huge_header(ptr.as_ptr())).usable() };
+                    (new.size() <= len).then_some(len)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Moves a block to a new layout, copying `keep` bytes.
+    ///
+    /// # Safety
+    /// As for [`Self::deallocate`] with `old`; `keep <= min(old, new size)`.
+    unsafe fn relocate(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        keep: usize,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: forwarded contract.
+        if let Some(len) = unsafe { self.in_place(ptr, old, new) } {
+            return Ok(NonNull::slice_from_raw_parts(ptr, len));
+        }
+        let fresh = self.allocate(new)?;
+        // SAFETY: both blocks are live, distinct, and at least `keep` long.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr().cast::<u8>(), keep);
+            self.deallocate(ptr, old);
+        }
+        Ok(fresh)
+    }
+}
+
+// SAFETY: blocks stay valid until deallocated or the arena is dropped, and
+// moving the handle does not move them (the state has a fixed address).
+// Every returned block is aligned to its layout and at least its size.
+unsafe impl Allocator for SmallMidArena {
+    #[inline(always)]
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        self.state().allocate(layout)
+    }
+
+    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let b = self.state().allocate(layout)?;
+        // SAFETY: the block is ours and `len` bytes long.
+        unsafe { b.as_ptr().cast::<u8>().write_bytes(0, b.len()) };
+        Ok(b)
+    }
+
+    #[inline(always)]
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded trait contract.
+        unsafe { self.state().deallocate(ptr, layout) }
+    }
+
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        debug_assert!(new.size() >= old.size());
+        // SAFETY: forwarded trait contract.
+        unsafe { self.state().relocate(ptr, old, new, old.size()) }
+    }
+
+    unsafe fn grow_zeroed(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        debug_assert!(new.size() >= old.size());
+        // SAFETY: forwarded trait contract.
+        let b = unsafe { self.state().relocate(ptr, old, new, old.size())? };
+        // SAFETY: bytes `old.size()..len` of the block are ours to zero,
+        // whether it moved or not (they may hold a previous user's data).
+        unsafe {
+            b.as_ptr()
+                .cast::<u8>()
+                .add(old.size())
+                .write_bytes(0, b.len() - old.size())
+        };
+        Ok(b)
+    }
+
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        debug_assert!(new.size() <= old.size());
+        // SAFETY: forwarded trait contract.
+        unsafe { self.state().relocate(ptr, old, new, new.size()) }
+    }
+}

@@ -1,0 +1,239 @@
+//! `SmallMidArena`: the handle users hold, and the state it points to.
+
+use crate::cache::{SlotChunk, ThreadCache, CHUNKS, INLINE_SLOTS};
+use crate::central::ClassList;
+use crate::pool::Pool;
+use crate::registry::{self, RegLinks};
+use crate::size_class::NUM_CLASSES;
+use crate::superslab::{SuperSlab, META, SUPERSLAB_SIZE};
+use crate::sync::{lock, AtomicPtr, Mutex, UnsafeCell};
+use crate::warm;
+use allocator_api2::alloc::AllocError;
+use core::fmt;
+use core::ptr::{null_mut, NonNull};
+
+/// Everything an arena owns, at a fixed address inside its home SuperSlab.
+///
+/// Invariants: it is registered in [`crate::registry`] from creation until
+/// the handle is dropped; every SuperSlab of its pool names it as owner;
+/// the cache slot of thread index `t` is used only by the thread holding
+/// `t` (see [`crate::cache`]).
+#[repr(C)]
+pub(crate) struct ArenaState {
+    pub(crate) slots: [AtomicPtr<ThreadCache>; INLINE_SLOTS],
+    pub(crate) chunks: [AtomicPtr<SlotChunk>; CHUNKS],
+    pub(crate) classes: [Mutex<ClassList>; NUM_CLASSES],
+    pub(crate) pool: Mutex<Pool>,
+    pub(crate) reg: UnsafeCell<RegLinks>,
+}
+
+/// Offset of the arena state in its home SuperSlab.
+const STATE_OFFSET: usize = core::mem::size_of::<SuperSlab>().next_multiple_of(64);
+const _: () = assert!(STATE_OFFSET + core::mem::size_of::<ArenaState>() <= META);
+const _: () = assert!(core::mem::align_of::<ArenaState>() <= 64);
+
+/// A memory arena for small and mid-sized objects, usable from any thread.
+///
+/// `SmallMidArena` implements [`allocator_api2::alloc::Allocator`] (and with
+/// the `nightly` feature, `core::alloc::Allocator`), so collections take
+/// `&arena` as their allocator. Any thread may allocate from a shared
+/// `&SmallMidArena` and free any block; each thread is served from its own
+/// front cache, with no atomic operation and no lock on the fast path.
+/// Memory freed inside the arena is reused at once. Dropping the arena
+/// releases everything still allocated in it, at once, into a process-wide
+/// warm cache that the next arena takes from.
+///
+/// The handle is one pointer; the state it points to never moves, so the
+/// handle may be moved (into an `Arc`, across threads) while blocks are live.
+///
+/// # Example
+/// ```
+/// use allocator_api2::vec::Vec;
+/// use smallmid::SmallMidArena;
+///
+/// let arena = SmallMidArena::new();
+/// let mut v = Vec::new_in(&arena);
+/// v.extend_from_slice(&[1u32, 2, 3]);
+/// assert_eq!(v.iter().sum::<u32>(), 6);
+/// ```
+pub struct SmallMidArena {
+    state: NonNull<ArenaState>,
+}
+
+// SAFETY: all shared state behind the handle is synchronized: per-thread
+// caches by thread index, the rest by the class, pool and registry locks.
+unsafe impl Send for SmallMidArena {}
+// SAFETY: as above; `&SmallMidArena` is meant to be shared across threads.
+unsafe impl Sync for SmallMidArena {}
+
+impl SmallMidArena {
+    /// Creates an arena with default settings.
+    ///
+    /// Takes one SuperSlab from the warm cache (no system call when one is
+    /// cached), or maps one.
+    ///
+    /// # Panics
+    /// If the OS refuses memory; see [`Self::try_new`].
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::new();
+    /// let b = allocator_api2::boxed::Box::new_in(7u64, &arena);
+    /// assert_eq!(*b, 7);
+    /// ```
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Creates an arena with default settings, or `AllocError` if the OS
+    /// refuses memory.
+    ///
+    /// # Errors
+    /// `AllocError` when no SuperSlab can be had.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::try_new()?;
+    /// # Ok::<(), allocator_api2::alloc::AllocError>(())
+    /// ```
+    pub fn try_new() -> Result<Self, AllocError> {
+        Self::builder().try_build()
+    }
+
+    /// A builder for arenas with non-default settings.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::builder()
+    ///     .memory_limit(8 << 20)
+    ///     .build();
+    /// # drop(arena);
+    /// ```
+    pub fn builder() -> Builder {
+        Builder {
+            memory_limit: usize::MAX,
+            warm_cache_limit: None,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn state(&self) -> &ArenaState {
+        // SAFETY: the state lives until this handle is dropped.
+        unsafe { self.state.as_ref() }
+    }
+
+    /// The memory limit this arena was built with (`usize::MAX` if none).
+    pub fn memory_limit(&self) -> usize {
+        lock(&self.state().pool).limit
+    }
+}
+
+impl Default for SmallMidArena {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for SmallMidArena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmallMidArena")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Drop for SmallMidArena {
+    fn drop(&mut self) {
+        let state = self.state.as_ptr();
+        // SAFETY: we hold the last handle, so no allocation or free of ours
+        // is in flight; after `unregister` no exiting thread visits the
+        // state, so it may be destroyed and its memory handed on.
+        unsafe {
+            registry::unregister(state);
+            (*state).unmap_all_huge();
+            let superslabs = lock(&(*state).pool).all_superslabs();
+            core::ptr::drop_in_place(state);
+            warm::release(&superslabs);
+        }
+    }
+}
+
+/// Settings for a [`SmallMidArena`].
+///
+/// # Example
+/// ```
+/// use allocator_api2::vec::Vec;
+/// let arena = smallmid::SmallMidArena::builder().memory_limit(2 << 20).build();
+/// let mut v: Vec<u8, _> = Vec::new_in(&arena);
+/// assert!(v.try_reserve(64 << 20).is_err()); // over the limit: an error, not an abort
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Builder {
+    memory_limit: usize,
+    warm_cache_limit: Option<usize>,
+}
+
+impl Builder {
+    /// Caps the memory this arena holds from the OS (SuperSlabs and huge
+    /// blocks at their mapped size). Past it, allocation returns
+    /// `AllocError`; freeing makes room again. At least one SuperSlab
+    /// (1 MiB) is needed to build the arena.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// Sets the **process-wide** cap on warm (cached, empty) SuperSlab
+    /// memory kept for future arenas; default 1 GiB. Below that cap the
+    /// cache follows recent demand and decays (see the crate docs).
+    pub fn warm_cache_limit(mut self, bytes: usize) -> Self {
+        self.warm_cache_limit = Some(bytes);
+        self
+    }
+
+    /// Builds the arena.
+    ///
+    /// # Panics
+    /// If the OS refuses memory or the memory limit is below 1 MiB.
+    pub fn build(self) -> SmallMidArena {
+        match self.try_build() {
+            Ok(a) => a,
+            Err(_) => panic!(
+                "smallmid: cannot create an arena: out of memory or memory limit below 1 MiB"
+            ),
+        }
+    }
+
+    /// Builds the arena.
+    ///
+    /// # Errors
+    /// `AllocError` if the OS refuses memory or the memory limit is below
+    /// one SuperSlab (1 MiB).
+    pub fn try_build(self) -> Result<SmallMidArena, AllocError> {
+        if let Some(bytes) = self.warm_cache_limit {
+            warm::set_limit_bytes(bytes);
+        }
+        if self.memory_limit < SUPERSLAB_SIZE {
+            return Err(AllocError);
+        }
+        let base = warm::acquire().ok_or(AllocError)?.as_ptr();
+        // SAFETY: the SuperSlab is ours; the state fits in its META area
+        // (asserted above) right after the header.
+        unsafe {
+            let state = base.add(STATE_OFFSET).cast::<ArenaState>();
+            let home = SuperSlab::init(base, state);
+            state.write(ArenaState {
+                slots: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
+                chunks: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
+                classes: core::array::from_fn(|_| Mutex::new(ClassList::new())),
+                pool: Mutex::new(Pool::new(state, home, self.memory_limit)),
+                reg: UnsafeCell::new(RegLinks::new()),
+            });
+            registry::register(state);
+            Ok(SmallMidArena {
+                state: NonNull::new_unchecked(state),
+            })
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The per-thread front cache: one per (thread, arena), living inside the
+//! arena, found through the thread's dense index.
+//!
+//! A thread-local holds only the thread's index, never a pointer into an
+//! arena, so nothing dangles when an arena is dropped. The arena keeps a
+//! table of cache pointers indexed by thread index: 64 inline slots, then
+//! chunks of 64 made on demand, up to [`MAX_TIDS`] threads alive at once;
+//! threads past that (and threads whose thread-locals are already gone)
+//! use the central lists directly, correct but slower.
+//!
+//! Each cache holds, per size class, a free list and a bump range of
+//! uncarved blocks. A full list flushes half of itself to the central
+//! lists; an empty one refills a batch. When a thread exits, its caches in
+//! every live arena are returned (see [`crate::registry`]) and the empty
+//! cache stays in the slot for the next thread given that index.
+//!
+//! Invariant: a cache is touched only by the thread whose index names its
+//! slot (alloc, free, and that thread's exit flush); its blocks are counted
+//! as `used` by their slabs.
+
+use crate::arena::ArenaState;
+use crate::registry;
+use crate::size_class::{index_for_size, CACHE_CAP, CLASS_ALIGN, CLASS_SIZE, NUM_CLASSES};
+use crate::slab::{next_of, set_next, Batch};
+use crate::sync::{thread_local_const, AtomicPtr, Ordering, UnsafeCell};
+use core::cell::Cell;
+use core::ptr::{null_mut, NonNull};
+
+/// Cache slots stored inline in the arena state.
+pub(crate) const INLINE_SLOTS: usize = 64;
+/// Further chunks of 64 slots, made on demand.
+pub(crate) const CHUNKS: usize = 63;
+/// Threads alive at once that get a front cache.
+pub(crate) const MAX_TIDS: usize = INLINE_SLOTS * (CHUNKS + 1);
+
+const NO_TID: u32 = u32::MAX;
+/// This thread's thread-locals are being destroyed: no cache any more.
+const DEAD: u32 = u32::MAX - 1;
+
+/// A chunk of cache slots.
+pub(crate) type SlotChunk = [AtomicPtr<ThreadCache>; INLINE_SLOTS];
+
+/// One class's part of a front cache.
+#[derive(Clone, Copy, Debug)]
+struct ClassCache {
+    /// Free list of `count` blocks.
+    head: *mut u8,
+    count: u32,
+    /// Uncarved blocks `[bump, end)` taken from one slab.
+    bump: *mut u8,
+    end: *mut u8,
+}
+
+/// The front cache of one thread in one arena.
+#[derive(Debug)]
+pub(crate) struct ThreadCache {
+    lists: UnsafeCell<[ClassCache; NUM_CLASSES]>,
+}
+
+/// Size class whose blocks hold the caches themselves.
+const CACHE_CLASS: usize = index_for_size(core::mem::size_of::<ThreadCache>());
+const _: () = assert!(core::mem::align_of::<ThreadCache>() <= CLASS_ALIGN[CACHE_CLASS] as usize);
+const CHUNK_CLASS: usize = index_for_size(core::mem::size_of::<SlotChunk>());
+const _: () = assert!(core::mem::align_of::<SlotChunk>() <= CLASS_ALIGN[CHUNK_CLASS] as usize);
+
+impl ThreadCache {
+    fn new() -> Self {
+        let empty = ClassCache {
+            head: null_mut(),
+            count: 0,
+            bump: null_mut(),
+            end: null_mut(),
+        };
+        ThreadCache {
+            lists: UnsafeCell::new([empty; NUM_CLASSES]),
+        }
+    }
+
+    /// # Safety
+    /// Called by the thread owning this cache, not reentrantly.
+    #[inline(always)]
+    unsafe fn with<R>(&self, class: usize, f: impl FnOnce(&mut ClassCache) -> R) -> R {
+        // SAFETY: only the owning thread touches its cache (type invariant).
+        self.lists.with_mut(|l| f(unsafe { &mut (*l)[class] }))
+    }
+}
+
+struct ThreadGuard {
+    tid: Cell<u32>,
+}
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        let tid = self.tid.get();
+        if tid != NO_TID {
+            let _ = TID.try_with(|t| t.set(DEAD));
+            registry::release_thread(tid);
+        }
+    }
+}
+
+thread_local_const! {
+    /// This thread's index, read on every alloc and free (no destructor, so
+    /// reading it is a single thread-relative load).
+    static TID: Cell<u32> = Cell::new(NO_TID);
+}
+thread_local_const! {
+    /// Registered on first use; its destructor returns the thread's caches.
+    static GUARD: ThreadGuard = ThreadGuard { tid: Cell::new(NO_TID) };
+}
+
+#[inline(always)]
+fn current_tid() -> u32 {
+    TID.try_with(Cell::get).unwrap_or(DEAD)
+}
+
+#[cold]
+fn assign_tid() -> u32 {
+    let tid = registry::acquire_tid();
+    if GUARD.try_with(|g| g.tid.set(tid)).is_err() {
+        registry::release_thread(tid);
+        let _ = TID.try_with(|t| t.set(DEAD));
+        return DEAD;
+    }
+    let _ = TID.try_with(|t| t.set(tid));
+    tid
+}
+
+impl ArenaState {
+    /// The slot of thread `tid`, creating its chunk if asked.
+    fn slot(&self, tid: usize, create: bool) -> Option<&AtomicPtr<ThreadCache>> {
+        if tid < INLINE_SLOTS {
+            return Some(&self.slots[tid]);
+        }
+        if tid >= MAX_TIDS {
+            return None;
+        }
+        let cell = &self.chunks[tid / INLINE_SLOTS - 1];
+        let mut chunk = cell.load(Ordering::Acquire);
+        if chunk.is_null() {
+            if !create {
+                return None;
+            }
+            let mem = self.alloc_one(CHUNK_CLASS)?.cast::<SlotChunk>();
+            // SAFETY: a fresh block of a class that fits a chunk.
+            unsafe { mem.write(core::array::from_fn(|_| AtomicPtr::new(null_mut()))) };
+            match cell.compare_exchange(null_mut(), mem, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => chunk = mem,
+                Err(winner) => {
+                    // SAFETY: our chunk was never published.
+                    unsafe { self.free_one(CHUNK_CLASS, mem.cast()) };
+                    chunk = winner;
+                }
+            }
+        }
+        // SAFETY: published chunks live as long as the arena.
+        Some(unsafe { &(*chunk)[tid % INLINE_SLOTS] })
+    }
+
+    /// This thread's cache in this arena, if it has one.
+    #[inline(always)]
+    fn cache(&self) -> Option<&ThreadCache> {
+        let tid = current_tid() as usize;
+        let slot = if tid < INLINE_SLOTS {
+            &self.slots[tid]
+        } else {
+            self.slot(tid, false)?
+        };
+        // Relaxed: the slot is written by this thread, or by an earlier
+        // thread with this index before the registry handed the index over.
+        let p = slot.load(Ordering::Relaxed);
+        // SAFETY: published caches live as long as the arena.
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    #[cold]
+    fn cache_or_create(&self) -> Option<&ThreadCache> {
+        let mut tid = current_tid();
+        if tid == NO_TID {
+            tid = assign_tid();
+        }
+        let slot = self.slot(tid as usize, true)?;
+        let p = slot.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: published caches live as long as the arena.
+            return Some(unsafe { &*p });
+        }
+        let mem = self.alloc_one(CACHE_CLASS)?.cast::<ThreadCache>();
+        // SAFETY: a fresh block of a class that fits a cache.
+        unsafe { mem.write(ThreadCache::new()) };
+        slot.store(mem, Ordering::Release);
+        // SAFETY: just initialized; lives as long as the arena.
+        Some(unsafe { &*mem })
+    }
+
+    /// Allocates a block of `class`.
+    ///
+    /// Fast path, the common case: one thread-relative load (the index), one
+    /// load of the arena's slot, then a pop (a load of the block's link and
+    /// two stores) or a bump (a compare and a store). No atomic
+    /// read-modify-write, no lock, no call.
+    #[inline(always)]
+    pub(crate) fn alloc_small(&self, class: usize) -> Option<NonNull<u8>> {
+        if let Some(c) = self.cache() {
+            // SAFETY: this thread owns its cache; blocks on its list are free.
+            let b = unsafe {
+                c.with(class, |l| {
+                    let b = l.head;
+                    if !b.is_null() {
+                        l.head = next_of(b);
+                        l.count -= 1;
+                        b
+                    } else if l.bump < l.end {
+                        let b = l.bump;
+                        l.bump = b.add(CLASS_SIZE[class] as usize);
+                        b
+                    } else {
+                        null_mut()
+                    }
+                })
+            };
+            if let Some(b) = NonNull::new(b) {
+                return Some(b);
+            }
+        }
+        self.alloc_small_slow(class)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_small_slow(&self, class: usize) -> Option<NonNull<u8>> {
+        let Some(c) = self.cache_or_create() else {
+            return NonNull::new(self.alloc_one(class)?);
+        };
+        let size = CLASS_SIZE[class] as usize;
+        // SAFETY: this thread owns its cache.
+        let b = unsafe {
+            c.with(class, |l| {
+                if l.bump < l.end {
+                    let b = l.bump;
+                    l.bump = b.add(size);
+                    return Some(b);
+                }
+                debug_assert!(l.head.is_null());
+                Some(match self.refill(class, CACHE_CAP[class] / 2)? {
+                    Batch::List { head, count } => {
+                        l.head = next_of(head);
+                        l.count = count - 1;
+                        head
+                    }
+                    Batch::Range { start, end } => {
+                        l.bump = start.add(size);
+                        l.end = end;
+                        start
+                    }
+                })
+            })
+        };
+        NonNull::new(b?)
+    }
+
+    /// Frees a block of `class`.
+    ///
+    /// Fast path: the same two loads as allocation, a compare with the
+    /// class's capacity, then a push (two stores and the count).
+    ///
+    /// # Safety
+    /// `b` is a live block of `class` from this arena, not used afterwards.
+    #[inline(always)]
+    pub(crate) unsafe fn free_small(&self, class: usize, b: *mut u8) {
+        if let Some(c) = self.cache() {
+            // SAFETY: this thread owns its cache; `b` is ours to link.
+            let done = unsafe {
+                c.with(class, |l| {
+                    if l.count < CACHE_CAP[class] {
+                        set_next(b, l.head);
+                        l.head = b;
+                        l.count += 1;
+                        true
+                    } else {
+                        false
+                    }
+                })
+            };
+            if done {
+                return;
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.free_small_slow(class, b) }
+    }
+
+    /// # Safety
+    /// As for [`Self::free_small`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_small_slow(&self, class: usize, b: *mut u8) {
+        let Some(c) = self.cache_or_create() else {
+            // SAFETY: forwarded contract.
+            return unsafe { self.free_one(class, b) };
+        };
+        // SAFETY: this thread owns its cache; the flushed blocks are free.
+        unsafe {
+            c.with(class, |l| {
+                if l.count >= CACHE_CAP[class] {
+                    // Flush the most recent half: they are the ones in cache.
+                    let n = CACHE_CAP[class] / 2;
+                    let head = l.head;
+                    let mut last = head;
+                    for _ in 1..n {
+                        last = next_of(last);
+                    }
+                    l.head = next_of(last);
+                    l.count -= n;
+                    set_next(last, null_mut());
+                    self.flush(class, head, n);
+                }
+                set_next(b, l.head);
+                l.head = b;
+                l.count += 1;
+            })
+        }
+    }
+
+    /// Returns everything the cache of thread `tid` holds. Called by that
+    /// thread as it exits, under the registry lock.
+    pub(crate) fn flush_thread(&self, tid: u32) {
+        let Some(slot) = self.slot(tid as usize, false) else {
+            return;
+        };
+        let p = slot.load(Ordering::Acquire);
+        if p.is_null() {
+            return;
+        }
+        // SAFETY: published caches live as long as the arena.
+        let c = unsafe { &*p };
+        for class in 0..NUM_CLASSES {
+            // SAFETY: the exiting thread owns this cache; what it holds is
+            // free and came from this arena's `class`.
+            unsafe {
+                let (head, count, bump, end) = c.with(class, |l| {
+                    let taken = (l.head, l.count, l.bump, l.end);
+                    *l = ClassCache {
+                        head: null_mut(),
+                        count: 0,
+                        bump: null_mut(),
+                        end: null_mut(),
+                    };
+                    taken
+                });
+                if count > 0 {
+                    self.flush(class, head, count);
+                }
+                self.put_range(class, bump, end);
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The arena's per-class central lists: where front caches refill from and
+//! flush to. This is also how cross-thread frees work.
+//!
+//! A block freed on any thread goes into *that* thread's front cache for the
+//! arena (no atomic, no lock); when the cache is full it flushes a batch
+//! here, under the class lock, each block returning to its own slab's free
+//! list. The thread that allocated the block never needs to hear about it.
+//! A producer/consumer pair therefore costs one lock per batch on each side,
+//! not one atomic per block.
+//!
+//! Invariant (class lock): the class list holds exactly the slabs of that
+//! class with a block available (`SlabState::available`). A slab whose last
+//! block comes back leaves the class and returns to the pool at once.
+
+use crate::arena::ArenaState;
+use crate::size_class::CLASS_SIZE;
+use crate::slab::{next_of, set_next, Batch, Slab, SlabState, Use, SLAB_SIZE};
+use crate::superslab::{SuperSlab, META};
+use crate::sync::lock;
+use core::ptr::{null, null_mut};
+
+/// Head of one class's list of slabs with blocks available.
+#[derive(Debug)]
+pub(crate) struct ClassList {
+    head: *const Slab,
+}
+
+// SAFETY: the raw list is only followed under the class mutex.
+unsafe impl Send for ClassList {}
+
+impl ClassList {
+    pub(crate) const fn new() -> Self {
+        ClassList { head: null() }
+    }
+
+    /// # Safety
+    /// Class lock held; `s` is the state of `slab`, not on the list.
+    unsafe fn push(&mut self, slab: *const Slab, s: &mut SlabState) {
+        debug_assert!(!s.in_partial);
+        s.in_partial = true;
+        s.prev = null();
+        s.next = self.head;
+        if !self.head.is_null() {
+            // SAFETY: list members are live; `head != slab`.
+            unsafe { (*self.head).with(|h| h.prev = slab) };
+        }
+        self.head = slab;
+    }
+
+    /// # Safety
+    /// Class lock held; `s` is the state of a slab on the list.
+    unsafe fn remove(&mut self, s: &mut SlabState) {
+        debug_assert!(s.in_partial);
+        s.in_partial = false;
+        let (prev, next) = (s.prev, s.next);
+        if prev.is_null() {
+            self.head = next;
+        } else {
+            // SAFETY: neighbours are live, distinct from the slab itself.
+            unsafe { (*prev).with(|p| p.next = next) };
+        }
+        if !next.is_null() {
+            // SAFETY: as above.
+            unsafe { (*next).with(|n| n.prev = prev) };
+        }
+    }
+}
+
+/// The slab record of block `b`.
+#[inline]
+fn slab_of(b: *mut u8) -> (*const SuperSlab, usize, *const Slab) {
+    let ss = SuperSlab::of(b as usize);
+    let idx = SuperSlab::slab_index(b as usize);
+    // SAFETY: `b` lies in a live SuperSlab, so its header is live.
+    let slab = unsafe { &(*ss).slabs[idx] as *const Slab };
+    (ss, idx, slab)
+}
+
+impl ArenaState {
+    /// Gets a slab with blocks for `class` on the list, from the pool if
+    /// needed. Class lock held by the caller (`list`).
+    fn class_slab(&self, list: &mut ClassList, class: usize) -> Option<*const Slab> {
+        if !list.head.is_null() {
+            return Some(list.head);
+        }
+        let (ss, idx) = lock(&self.pool).take_slab()?;
+        let slab_start = SuperSlab::slab_start(ss, idx);
+        let size = CLASS_SIZE[class];
+        let align = (size & size.wrapping_neg()) as usize;
+        let start = if idx == 0 {
+            slab_start.wrapping_add(META.next_multiple_of(align))
+        } else {
+            slab_start
+        };
+        // SAFETY: the slab is ours now; the class lock protects its state.
+        let slab = unsafe { &(*ss).slabs[idx] as *const Slab };
+        // SAFETY: class lock held; the slab was free, so on no list.
+        unsafe {
+            (*slab).with(|s| {
+                s.init_class(class as u8, size, start, slab_start.wrapping_add(SLAB_SIZE));
+                list.push(slab, s);
+            })
+        };
+        Some(slab)
+    }
+
+    /// Takes up to `want` blocks of `class` for a front cache.
+    pub(crate) fn refill(&self, class: usize, want: u32) -> Option<Batch> {
+        let mut list = lock(&self.classes[class]);
+        let slab = self.class_slab(&mut list, class)?;
+        // SAFETY: class lock held; the slab serves this class.
+        let batch = unsafe {
+            (*slab).with(|s| {
+                let b = s.take(want);
+                if !s.available() {
+                    list.remove(s);
+                }
+                b
+            })
+        };
+        Some(batch)
+    }
+
+    /// Takes a single block of `class` (threads without a cache).
+    pub(crate) fn alloc_one(&self, class: usize) -> Option<*mut u8> {
+        let mut list = lock(&self.classes[class]);
+        let slab = self.class_slab(&mut list, class)?;
+        // SAFETY: class lock held; the slab serves this class and has a block.
+        let b = unsafe {
+            (*slab).with(|s| {
+                let b = if s.free_count > 0 {
+                    let b = s.free;
+                    s.free = next_of(b);
+                    s.free_count -= 1;
+                    b
+                } else {
+                    let b = s.bump;
+                    s.bump = b.wrapping_add(s.size as usize);
+                    b
+                };
+                s.used += 1;
+                s.debug_check();
+                if !s.available() {
+                    list.remove(s);
+                }
+                b
+            })
+        };
+        Some(b)
+    }
+
+    /// Returns `count` blocks of `class` linked from `head`, each to its slab.
+    ///
+    /// # Safety
+    /// Every block on the chain is a live block of `class` from this arena,
+    /// not used afterwards, and appears once.
+    pub(crate) unsafe fn flush(&self, class: usize, mut head: *mut u8, count: u32) {
+        let mut list = lock(&self.classes[class]);
+        for _ in 0..count {
+            debug_assert!(!head.is_null());
+            let b = head;
+            // SAFETY: chain members are ours; read the link before reuse.
+            head = unsafe { next_of(b) };
+            let (ss, idx, slab) = slab_of(b);
+            // SAFETY: class lock held; `b`'s slab serves this class.
+            let empty = unsafe {
+                (*slab).with(|s| {
+                    assert!(
+                        s.use_ == Use::Class(class as u8),
+                        "smallmid: block {b:p} freed as class {class} but its slab is {:?}: wrong layout, \
+                         foreign pointer or double free",
+                        s.use_
+                    );
+                    if s.put(b) {
+                        list.push(slab, s);
+                    }
+                    leave_class(&mut list, s)
+                })
+            };
+            if empty {
+                // SAFETY: the slab is empty and marked free.
+                unsafe { lock(&self.pool).release_slab(ss, idx) };
+            }
+        }
+    }
+
+    /// Frees one block straight to its slab (threads without a cache).
+    ///
+    /// # Safety
+    /// As for [`Self::flush`] with a chain of one.
+    pub(crate) unsafe fn free_one(&self, class: usize, b: *mut u8) {
+        // SAFETY: a chain of one block, terminated.
+        unsafe {
+            set_next(b, null_mut());
+            self.flush(class, b, 1);
+        }
+    }
+
+    /// Returns a cache's unused bump range.
+    ///
+    /// # Safety
+    /// The range came from [`Self::refill`] of `class` and is unused.
+    pub(crate) unsafe fn put_range(&self, class: usize, start: *mut u8, end: *mut u8) {
+        if start >= end {
+            return;
+        }
+        let mut list = lock(&self.classes[class]);
+        let (ss, idx, slab) = slab_of(start);
+        // SAFETY: class lock held; the range belongs to this class's slab.
+        let empty = unsafe {
+            (*slab).with(|s| {
+                if s.put_range(start, end) {
+                    list.push(slab, s);
+                }
+                leave_class(&mut list, s)
+            })
+        };
+        if empty {
+            // SAFETY: the slab is empty and marked free.
+            unsafe { lock(&self.pool).release_slab(ss, idx) };
+        }
+    }
+}
+
+/// If the slab is empty, takes it off its class (the caller then gives it
+/// to the pool, outside the slab's borrow). Returns whether it did.
+///
+/// # Safety
+/// Class lock held (`list`); `s` is a slab state of that class.
+unsafe fn leave_class(list: &mut ClassList, s: &mut SlabState) -> bool {
+    if !s.is_empty() {
+        return false;
+    }
+    if s.in_partial {
+        // SAFETY: it is on this class's list.
+        unsafe { list.remove(s) };
+    }
+    s.use_ = Use::Free;
+    true
+}

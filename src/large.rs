@@ -1,0 +1,212 @@
+//! Blocks too big (or too aligned) for a size class.
+//!
+//! - **Spans**: up to 15 contiguous 64 KiB slabs of one SuperSlab, taken
+//!   from the arena's pool (so they reuse warm memory and count against the
+//!   limit like everything else). The block starts at a slab boundary, so
+//!   any alignment up to 512 KiB is served; its header is its SuperSlab's,
+//!   found by masking like any small block.
+//! - **Huge**: anything larger gets its own mapping, with a [`HugeHeader`]
+//!   just below the block. The arena keeps huge blocks on a list, so
+//!   dropping the arena unmaps them too.
+//!
+//! Which kind serves a layout depends only on the layout (see [`kind`]),
+//! and every size between a request and the returned length gives the same
+//! kind, so `deallocate` with any fitting layout finds the block.
+
+use crate::arena::ArenaState;
+use crate::os::{self, PAGE};
+use crate::slab::SLAB_SIZE;
+use crate::superslab::{SuperSlab, SLABS};
+use crate::sync::lock;
+use allocator_api2::alloc::AllocError;
+use core::alloc::Layout;
+use core::ptr::{null_mut, NonNull};
+
+/// How a large layout is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `slabs` contiguous slabs starting at a multiple of `step`.
+    Span {
+        slabs: usize,
+        step: usize,
+    },
+    Huge,
+}
+
+/// The kind serving a layout that no size class serves.
+pub(crate) fn kind(size: usize, align: usize) -> Kind {
+    let slabs = size.div_ceil(SLAB_SIZE).max(1);
+    let step = (align / SLAB_SIZE).max(1);
+    // Spans never start at slab 0 (it holds the header).
+    if step < SLABS && step + slabs <= SLABS {
+        Kind::Span { slabs, step }
+    } else {
+        Kind::Huge
+    }
+}
+
+/// Header of a huge block, at `block - HEADER_GAP`.
+#[derive(Debug)]
+pub(crate) struct HugeHeader {
+    pub(crate) arena: *const ArenaState,
+    /// The mapping: `[base, base + len)` aligned to `align`.
+    base: NonNull<u8>,
+    pub(crate) len: usize,
+    align: usize,
+    prev: *mut HugeHeader,
+    next: *mut HugeHeader,
+}
+
+impl HugeHeader {
+    /// Bytes usable from the block's start to the mapping's end.
+    pub(crate) fn usable(&self) -> usize {
+        self.len - self.align
+    }
+}
+
+/// Distance from a huge block down to its header.
+const HEADER_GAP: usize = 64;
+const _: () = assert!(core::mem::size_of::<HugeHeader>() <= HEADER_GAP);
+
+/// The header of a huge block.
+///
+/// # Safety
+/// `block` was returned by the huge path and is live.
+pub(crate) unsafe fn huge_header(block: *mut u8) -> *mut HugeHeader {
+    core::ptr::with_exposed_provenance_mut(block as usize - HEADER_GAP)
+}
+
+impl ArenaState {
+    /// Allocates a block that no size class serves.
+    pub(crate) fn alloc_large(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        match kind(layout.size(), layout.align()) {
+            Kind::Span { slabs, step } => {
+                let (ss, idx) = lock(&self.pool).take_span(slabs, step).ok_or(AllocError)?;
+                let p = SuperSlab::slab_start(ss, idx);
+                // SAFETY: `p` is the start of a slab, never null.
+                let p = unsafe { NonNull::new_unchecked(p) };
+                Ok(NonNull::slice_from_raw_parts(p, slabs * SLAB_SIZE))
+            }
+            Kind::Huge => self.alloc_huge(layout),
+        }
+    }
+
+    fn alloc_huge(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let usable = layout
+            .size()
+            .checked_next_multiple_of(PAGE)
+            .ok_or(AllocError)?;
+        let lead = layout.align().max(PAGE);
+        let len = usable.checked_add(lead).ok_or(AllocError)?;
+        if len > isize::MAX as usize {
+            return Err(AllocError);
+        }
+        let mut pool = lock(&self.pool);
+        if !pool.fits(len) {
+            return Err(AllocError);
+        }
+        let base = os::map(len, lead).ok_or(AllocError)?;
+        // SAFETY: `lead < len`, so the block and its header are inside the
+        // mapping; the header slot is below the block and 8-aligned.
+        let (block, header) = unsafe {
+            let block = base.as_ptr().add(lead);
+            (block, huge_header(block))
+        };
+        let old = pool.huge;
+        // SAFETY: `header` is in our fresh mapping; `old` is a live header
+        // on the pool's list (pool lock held).
+        unsafe {
+            header.write(HugeHeader {
+                arena: self,
+                base,
+                len,
+                align: lead,
+                prev: null_mut(),
+                next: old,
+            });
+            if !old.is_null() {
+                (*old).prev = header;
+            }
+        }
+        pool.huge = header;
+        pool.huge_bytes += len;
+        // SAFETY: inside a successful mapping.
+        let block = unsafe { NonNull::new_unchecked(block) };
+        Ok(NonNull::slice_from_raw_parts(block, usable))
+    }
+
+    /// Frees a block from [`Self::alloc_large`].
+    ///
+    /// # Safety
+    /// `ptr` was allocated by this arena with a layout of the same [`kind`]
+    /// as `layout`, and is not used afterwards.
+    pub(crate) unsafe fn free_large(&self, ptr: NonNull<u8>, layout: Layout) {
+        let addr = ptr.as_ptr() as usize;
+        match kind(layout.size(), layout.align()) {
+            Kind::Span { .. } => {
+                let ss = SuperSlab::of(addr);
+                // SAFETY: per contract the span is ours and unused now.
+                unsafe { lock(&self.pool).release_span(ss, SuperSlab::slab_index(addr)) };
+            }
+            Kind::Huge => {
+                // SAFETY: per contract `ptr` is a live huge block of ours.
+                let h = unsafe { huge_header(ptr.as_ptr()) };
+                // SAFETY: as above, the header is live.
+                let owner = unsafe { (*h).arena };
+                assert!(
+                    core::ptr::eq(owner, self),
+                    "smallmid: huge block {ptr:p} freed into an arena that does not own it"
+                );
+                let (base, len, align) = {
+                    let mut pool = lock(&self.pool);
+                    // SAFETY: pool lock held; list members are live.
+                    unsafe {
+                        let (prev, next) = ((*h).prev, (*h).next);
+                        if prev.is_null() {
+                            pool.huge = next;
+                        } else {
+                            (*prev).next = next;
+                        }
+                        if !next.is_null() {
+                            (*next).prev = prev;
+                        }
+                        pool.huge_bytes -= (*h).len;
+                        ((*h).base, (*h).len, (*h).align)
+                    }
+                };
+                // SAFETY: the mapping was made with exactly these values.
+                unsafe { os::unmap(base, len, align) };
+            }
+        }
+    }
+
+    /// Unmaps every huge block; used when the arena is dropped.
+    ///
+    /// # Safety
+    /// No huge block of this arena is used afterwards.
+    pub(crate) unsafe fn unmap_all_huge(&self) {
+        let mut h = core::mem::replace(&mut lock(&self.pool).huge, null_mut());
+        while !h.is_null() {
+            // SAFETY: list members are live until unmapped here.
+            let (base, len, align, next) = unsafe { ((*h).base, (*h).len, (*h).align, (*h).next) };
+            // SAFETY: the mapping was made with these values and is unused.
+            unsafe { os::unmap(base, len, align) };
+            h = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind(40 << 10, 8), Kind::Span { slabs: 1, step: 1 });
+        assert_eq!(kind(15 * SLAB_SIZE, 8), Kind::Span { slabs: 15, step: 1 });
+        assert_eq!(kind(15 * SLAB_SIZE + 1, 8), Kind::Huge);
+        assert_eq!(kind(100, 256 << 10), Kind::Span { slabs: 1, step: 4 });
+        assert_eq!(kind(9 * SLAB_SIZE, 512 << 10), Kind::Huge);
+        assert_eq!(kind(100, 1 << 20), Kind::Huge);
+    }
+}

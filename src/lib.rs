@@ -1,0 +1,29 @@
+//! A fast arena allocator for small and mid-sized objects.
+//!
+//! See [`SmallMidArena`] and the README for the design.
+#![cfg_attr(feature = "nightly", feature(allocator_api))]
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod api;
+mod arena;
+mod cache;
+mod central;
+mod large;
+mod os;
+mod pool;
+mod registry;
+mod size_class;
+mod slab;
+mod stats;
+mod superslab;
+mod sync;
+mod warm;
+
+pub use allocator_api2::alloc::{AllocError, Allocator};
+pub use arena::{Builder, SmallMidArena};
+pub use stats::{global_stats, trim_warm_cache, GlobalStats, Stats};
+
+#[doc(hidden)]
+pub use os::fail_next_maps;

@@ -1,0 +1,327 @@
+//! An arena's pool of SuperSlabs: free slabs for size classes, contiguous
+//! slab runs ("spans") for large blocks, and the accounting behind the
+//! memory limit.
+//!
+//! Everything here runs under the arena's pool lock. A slab that a class
+//! gives back becomes free here at once and may serve another class or a
+//! span; a SuperSlab whose slabs are all free is kept as a spare (one) or
+//! handed to the process-wide warm cache for other arenas.
+//!
+//! Invariants (pool lock):
+//! - every SuperSlab of the arena is on the `all` list, `superslabs` long;
+//! - a SuperSlab is on the `avail` list iff its `free_mask != 0`;
+//! - `spare` counts non-home SuperSlabs with `free_mask == ALL_FREE`;
+//! - `held_bytes() <= limit`.
+
+use crate::arena::ArenaState;
+use crate::large::HugeHeader;
+use crate::slab::Use;
+use crate::superslab::{SuperSlab, ALL_FREE, SLABS, SUPERSLAB_SIZE};
+use crate::warm;
+use core::ptr::{null, null_mut, NonNull};
+
+/// Fully free SuperSlabs an arena keeps before giving them to the warm cache.
+const MAX_SPARE: usize = 1;
+
+#[derive(Debug)]
+pub(crate) struct Pool {
+    arena: *const ArenaState,
+    home: *const SuperSlab,
+    all: *const SuperSlab,
+    avail: *const SuperSlab,
+    pub(crate) superslabs: usize,
+    spare: usize,
+    /// Huge blocks (their own mappings), doubly linked.
+    pub(crate) huge: *mut HugeHeader,
+    pub(crate) huge_bytes: usize,
+    pub(crate) limit: usize,
+}
+
+// SAFETY: the raw pointers are only followed under the pool's mutex.
+unsafe impl Send for Pool {}
+
+impl Pool {
+    /// A pool whose only SuperSlab is `home`, already initialized.
+    ///
+    /// # Safety
+    /// `home` is a live SuperSlab header owned by `arena`.
+    pub(crate) unsafe fn new(
+        arena: *const ArenaState,
+        home: *const SuperSlab,
+        limit: usize,
+    ) -> Pool {
+        let mut pool = Pool {
+            arena,
+            home,
+            all: null(),
+            avail: null(),
+            superslabs: 0,
+            spare: 0,
+            huge: null_mut(),
+            huge_bytes: 0,
+            limit,
+        };
+        // SAFETY: forwarded contract.
+        unsafe { pool.link(home) };
+        pool
+    }
+
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.superslabs * SUPERSLAB_SIZE + self.huge_bytes
+    }
+
+    /// Whether `bytes` more may be taken from the OS under the limit.
+    pub(crate) fn fits(&self, bytes: usize) -> bool {
+        self.held_bytes()
+            .checked_add(bytes)
+            .is_some_and(|t| t <= self.limit)
+    }
+
+    /// # Safety
+    /// `ss` is a fresh header of this arena, on no list.
+    unsafe fn link(&mut self, ss: *const SuperSlab) {
+        let old = self.all;
+        // SAFETY: pool lock held (we have `&mut self`); headers are live.
+        unsafe {
+            SuperSlab::links(ss, |l| {
+                l.all_prev = null();
+                l.all_next = old;
+            });
+            if !old.is_null() {
+                SuperSlab::links(old, |l| l.all_prev = ss);
+            }
+            self.all = ss;
+            self.superslabs += 1;
+            self.avail_push(ss);
+        }
+        if ss != self.home {
+            self.spare += 1; // fully free until claimed
+        }
+    }
+
+    /// # Safety
+    /// `ss` is live, ours, and not on the avail list.
+    unsafe fn avail_push(&mut self, ss: *const SuperSlab) {
+        let old = self.avail;
+        // SAFETY: pool lock held.
+        unsafe {
+            SuperSlab::links(ss, |l| {
+                l.in_avail = true;
+                l.avail_prev = null();
+                l.avail_next = old;
+            });
+            if !old.is_null() {
+                SuperSlab::links(old, |l| l.avail_prev = ss);
+            }
+        }
+        self.avail = ss;
+    }
+
+    /// # Safety
+    /// `ss` is live, ours, and on the avail list.
+    unsafe fn avail_remove(&mut self, ss: *const SuperSlab) {
+        // SAFETY: pool lock held; neighbours are live members of the list.
+        unsafe {
+            let (prev, next) = SuperSlab::links(ss, |l| {
+                l.in_avail = false;
+                (l.avail_prev, l.avail_next)
+            });
+            if prev.is_null() {
+                self.avail = next;
+            } else {
+                SuperSlab::links(prev, |l| l.avail_next = next);
+            }
+            if !next.is_null() {
+                SuperSlab::links(next, |l| l.avail_prev = prev);
+            }
+        }
+    }
+
+    /// # Safety
+    /// `ss` is live, ours, fully free, not home.
+    unsafe fn unlink(&mut self, ss: *const SuperSlab) {
+        // SAFETY: pool lock held; neighbours are live members of the list.
+        unsafe {
+            if SuperSlab::links(ss, |l| l.in_avail) {
+                self.avail_remove(ss);
+            }
+            let (prev, next) = SuperSlab::links(ss, |l| (l.all_prev, l.all_next));
+            if prev.is_null() {
+                self.all = next;
+            } else {
+                SuperSlab::links(prev, |l| l.all_next = next);
+            }
+            if !next.is_null() {
+                SuperSlab::links(next, |l| l.all_prev = prev);
+            }
+        }
+        self.superslabs -= 1;
+    }
+
+    /// Adds a SuperSlab from the warm cache or the OS, within the limit.
+    fn grow(&mut self) -> Option<*const SuperSlab> {
+        if !self.fits(SUPERSLAB_SIZE) {
+            return None;
+        }
+        let base = warm::acquire()?;
+        // SAFETY: `acquire` hands out an unused, aligned SuperSlab.
+        let ss = unsafe { SuperSlab::init(base.as_ptr(), self.arena) };
+        // SAFETY: fresh header of this arena, on no list.
+        unsafe { self.link(ss) };
+        Some(ss)
+    }
+
+    /// Clears `bits` in `ss`'s free mask, keeping the lists and counts right.
+    ///
+    /// # Safety
+    /// `ss` is live and ours; every bit of `bits` is set in its mask.
+    unsafe fn claim(&mut self, ss: *const SuperSlab, bits: u16) {
+        // SAFETY: pool lock held.
+        let mask = unsafe { SuperSlab::links(ss, |l| l.free_mask) };
+        debug_assert_eq!(mask & bits, bits, "claiming slabs that are not free");
+        if mask == ALL_FREE && ss != self.home {
+            self.spare -= 1;
+        }
+        // SAFETY: pool lock held.
+        unsafe { SuperSlab::links(ss, |l| l.free_mask = mask & !bits) };
+        if mask & !bits == 0 {
+            // SAFETY: it had free slabs, so it is on the avail list.
+            unsafe { self.avail_remove(ss) };
+        }
+    }
+
+    /// Sets `bits` in `ss`'s free mask; a SuperSlab that becomes fully free
+    /// is kept as a spare or given to the warm cache.
+    ///
+    /// # Safety
+    /// `ss` is live and ours; the slabs of `bits` are no longer used.
+    unsafe fn unclaim(&mut self, ss: *const SuperSlab, bits: u16) {
+        // SAFETY: pool lock held.
+        let mask = unsafe {
+            SuperSlab::links(ss, |l| {
+                debug_assert_eq!(l.free_mask & bits, 0, "freeing a free slab");
+                l.free_mask |= bits;
+                l.free_mask
+            })
+        };
+        // SAFETY: pool lock held.
+        if !unsafe { SuperSlab::links(ss, |l| l.in_avail) } {
+            // SAFETY: it is not on the list.
+            unsafe { self.avail_push(ss) };
+        }
+        if mask == ALL_FREE && ss != self.home {
+            if self.spare < MAX_SPARE {
+                self.spare += 1;
+            } else {
+                // SAFETY: fully free, not home: nothing points into it.
+                unsafe {
+                    self.unlink(ss);
+                    warm::release(&[NonNull::new_unchecked(ss as *mut u8)]);
+                }
+            }
+        }
+    }
+
+    /// Takes one free slab for a size class.
+    pub(crate) fn take_slab(&mut self) -> Option<(*const SuperSlab, usize)> {
+        let ss = if self.avail.is_null() {
+            self.grow()?
+        } else {
+            self.avail
+        };
+        // SAFETY: pool lock held; avail members have a free slab.
+        let idx = unsafe { SuperSlab::links(ss, |l| l.free_mask.trailing_zeros() as usize) };
+        // SAFETY: bit `idx` is set.
+        unsafe { self.claim(ss, 1 << idx) };
+        Some((ss, idx))
+    }
+
+    /// Gives back a slab that a class emptied.
+    ///
+    /// # Safety
+    /// Slab `idx` of `ss` was taken with [`Self::take_slab`], its state is
+    /// already `Use::Free`, and no block of it is in use.
+    pub(crate) unsafe fn release_slab(&mut self, ss: *const SuperSlab, idx: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.unclaim(ss, 1 << idx) }
+    }
+
+    /// Takes `k` contiguous slabs (never slab 0) starting at an index that
+    /// is a multiple of `step`. Marks them as a span.
+    pub(crate) fn take_span(&mut self, k: usize, step: usize) -> Option<(*const SuperSlab, usize)> {
+        let fit = |mask: u16| -> Option<usize> {
+            let want = ((1u32 << k) - 1) as u16;
+            (step..=SLABS - k)
+                .step_by(step)
+                .find(|&i| (mask >> i) & want == want)
+        };
+        let mut ss = self.avail;
+        let mut found = None;
+        while !ss.is_null() {
+            // SAFETY: pool lock held; list members are live.
+            let (mask, next) = unsafe { SuperSlab::links(ss, |l| (l.free_mask, l.avail_next)) };
+            if let Some(i) = fit(mask) {
+                found = Some((ss, i));
+                break;
+            }
+            ss = next;
+        }
+        let (ss, idx) = match found {
+            Some(f) => f,
+            None => {
+                let ss = self.grow()?;
+                (ss, fit(ALL_FREE)?)
+            }
+        };
+        let bits = ((((1u32 << k) - 1) as u16) as u32) << idx;
+        // SAFETY: `fit` checked every bit.
+        unsafe { self.claim(ss, bits as u16) };
+        for i in idx..idx + k {
+            let use_ = if i == idx {
+                Use::SpanHead(k as u8)
+            } else {
+                Use::SpanTail
+            };
+            // SAFETY: pool lock held; these slabs are now ours.
+            unsafe { (*ss).slabs[i].with(|s| s.use_ = use_) };
+        }
+        Some((ss, idx))
+    }
+
+    /// Gives back a span; returns its length in slabs.
+    ///
+    /// # Safety
+    /// Slab `idx` of `ss` heads a span of this arena that is no longer used.
+    pub(crate) unsafe fn release_span(&mut self, ss: *const SuperSlab, idx: usize) -> usize {
+        // SAFETY: pool lock held.
+        let k = match unsafe { (*ss).slabs[idx].with(|s| s.use_) } {
+            Use::SpanHead(k) => k as usize,
+            other => panic!("smallmid: freeing a large block whose slab is {other:?}: wrong layout or double free"),
+        };
+        for i in idx..idx + k {
+            // SAFETY: pool lock held.
+            unsafe { (*ss).slabs[i].with(|s| s.use_ = Use::Free) };
+        }
+        // SAFETY: forwarded contract.
+        unsafe {
+            self.unclaim(
+                ss,
+                ((((1u32 << k) - 1) as u16) as u32).wrapping_shl(idx as u32) as u16,
+            )
+        };
+        k
+    }
+
+    /// All SuperSlabs, for release when the arena is dropped.
+    pub(crate) fn all_superslabs(&self) -> smallvec::SmallVec<[NonNull<u8>; 8]> {
+        let mut out = smallvec::SmallVec::new();
+        let mut ss = self.all;
+        while let Some(p) = NonNull::new(ss as *mut u8) {
+            out.push(p);
+            // SAFETY: pool lock held; list members are live.
+            ss = unsafe { SuperSlab::links(ss, |l| l.all_next) };
+        }
+        debug_assert_eq!(out.len(), self.superslabs);
+        out
+    }
+}

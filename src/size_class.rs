@@ -1,0 +1,158 @@
+//! Size classes: which slab block size serves a `Layout`.
+//!
+//! Classes step by a quarter of the power of two below them (8, 10, 12, 14,
+//! 16, 20, 24, 28, 32, 40, ... 1024, 1280, ... 32768), so the internal waste
+//! of any size is under 20%. A block of class `c` at offset `k * size` from a
+//! 64 KiB-aligned slab start is aligned to the largest power of two dividing
+//! `size` ([`CLASS_ALIGN`]); a layout whose alignment is larger moves up to
+//! the first class that has it. Sizes above [`MAX_SMALL`] go to the large
+//! path.
+//!
+//! Invariant (checked exhaustively in the tests): for every `size` in
+//! `1..=MAX_SMALL`, `CLASS_SIZE[index_for_size(size)] >= size` and the class
+//! below is `< size`. Every size between a request and the returned block
+//! length maps to the same class, so `deallocate` with any fitting layout
+//! finds the right class.
+
+/// Number of slab size classes.
+pub(crate) const NUM_CLASSES: usize = 49;
+/// The largest size served from slabs.
+pub(crate) const MAX_SMALL: usize = 32 << 10;
+
+const fn compute_size(i: usize) -> usize {
+    if i == 0 {
+        8
+    } else {
+        let k = 3 + (i - 1) / 4;
+        let sub = (i - 1) % 4;
+        (1 << k) + (sub + 1) * (1 << (k - 2))
+    }
+}
+
+/// Block size of each class.
+pub(crate) const CLASS_SIZE: [u32; NUM_CLASSES] = {
+    let mut t = [0u32; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        t[i] = compute_size(i) as u32;
+        i += 1;
+    }
+    t
+};
+
+/// Natural alignment of each class: the lowest set bit of its size.
+pub(crate) const CLASS_ALIGN: [u32; NUM_CLASSES] = {
+    let mut t = [0u32; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        let s = CLASS_SIZE[i];
+        t[i] = s & s.wrapping_neg();
+        i += 1;
+    }
+    t
+};
+
+/// Front-cache capacity per class: about 32 KiB of blocks, at least 4 and at
+/// most 256. A full cache flushes half of it.
+pub(crate) const CACHE_CAP: [u32; NUM_CLASSES] = {
+    let mut t = [0u32; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        let n = (32 << 10) / CLASS_SIZE[i];
+        t[i] = if n < 4 {
+            4
+        } else if n > 256 {
+            256
+        } else {
+            n
+        };
+        i += 1;
+    }
+    t
+};
+
+const _: () = assert!(CLASS_SIZE[NUM_CLASSES - 1] as usize == MAX_SMALL);
+
+/// The smallest class whose size is at least `size` (`size <= MAX_SMALL`).
+/// Branch-light: a leading-zero count and two shifts.
+#[inline(always)]
+pub(crate) const fn index_for_size(size: usize) -> usize {
+    if size <= 8 {
+        return 0;
+    }
+    let s = size - 1;
+    let k = (usize::BITS - 1 - s.leading_zeros()) as usize; // floor(log2(s)) >= 3
+    1 + 4 * (k - 3) + ((s >> (k - 2)) & 3)
+}
+
+/// The class serving `size` bytes at alignment `align`, or `None` when the
+/// large path must serve it.
+#[inline(always)]
+pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
+    if size > MAX_SMALL {
+        return None;
+    }
+    let i = index_for_size(size);
+    if align <= CLASS_ALIGN[i] as usize {
+        Some(i)
+    } else {
+        aligned_class(i, align)
+    }
+}
+
+#[cold]
+fn aligned_class(from: usize, align: usize) -> Option<usize> {
+    (from..NUM_CLASSES).find(|&j| CLASS_ALIGN[j] as usize >= align)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_size_maps_to_the_tightest_class() {
+        for size in 1..=MAX_SMALL {
+            let i = index_for_size(size);
+            assert!(CLASS_SIZE[i] as usize >= size, "size {size} class {i}");
+            if i > 0 {
+                assert!((CLASS_SIZE[i - 1] as usize) < size, "size {size} not tight");
+            }
+        }
+    }
+
+    #[test]
+    fn waste_is_under_a_fifth_above_the_minimum_block() {
+        for size in 8..=MAX_SMALL {
+            let c = CLASS_SIZE[index_for_size(size)] as usize;
+            assert!((c - size) * 5 < c, "size {size} wastes {} of {c}", c - size);
+        }
+    }
+
+    #[test]
+    fn classes_are_increasing_and_aligned() {
+        for i in 1..NUM_CLASSES {
+            assert!(CLASS_SIZE[i] > CLASS_SIZE[i - 1]);
+            assert_eq!(CLASS_SIZE[i] % CLASS_ALIGN[i], 0);
+            assert!(CLASS_ALIGN[i].is_power_of_two());
+        }
+        assert_eq!(&CLASS_SIZE[..6], &[8, 10, 12, 14, 16, 20]);
+        assert!(CLASS_SIZE.contains(&256) && CLASS_SIZE.contains(&1024));
+    }
+
+    #[test]
+    fn alignment_moves_up_to_an_aligned_class() {
+        for align_shift in 0..=16 {
+            let align = 1usize << align_shift;
+            for size in [1, 9, 100, 255, 256, 1000, 5000, MAX_SMALL] {
+                match class_for(size, align) {
+                    Some(c) => {
+                        assert!(CLASS_SIZE[c] as usize >= size);
+                        assert!(CLASS_ALIGN[c] as usize >= align);
+                    }
+                    None => assert!(align > MAX_SMALL),
+                }
+            }
+        }
+        assert_eq!(class_for(MAX_SMALL + 1, 1), None);
+    }
+}

@@ -1,0 +1,254 @@
+//! One 64 KiB slab: the blocks of a single size class, or one piece of a
+//! large span.
+//!
+//! A class slab hands out blocks from an intrusive free list (reused blocks
+//! first) and from an uncarved bump range (fresh memory, never written until
+//! the user does). Its state is protected by its class's lock in the arena
+//! while it serves a class, and by the pool lock while it is free or part
+//! of a span.
+//!
+//! Invariant of a class slab (checked by `debug_check` after every change):
+//!
+//! `used + free_count + (end - bump) / size == capacity`
+//!
+//! where `used` counts blocks outside the slab: with users, in front caches,
+//! or in a cache's bump range. A slab with `used == 0` is empty and goes back
+//! to the pool, where it may serve another class; nothing is ever stranded.
+
+use crate::sync::UnsafeCell;
+use core::ptr::null;
+
+/// Size and alignment of a slab.
+pub(crate) const SLAB_SIZE: usize = 64 << 10;
+
+/// What a slab is currently used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// In the pool, owned by no class.
+    Free,
+    /// Serving size class `0`.
+    Class(u8),
+    /// First slab of a large block spanning `0` slabs.
+    SpanHead(u8),
+    /// A later slab of a large block.
+    SpanTail,
+}
+
+/// Reads the free-list link stored in a free block's first bytes.
+///
+/// # Safety
+/// `b` points to a free block of at least 8 bytes owned by the caller.
+#[inline(always)]
+pub(crate) unsafe fn next_of(b: *mut u8) -> *mut u8 {
+    // SAFETY: per contract; blocks of classes like 10 B are not 8-aligned.
+    unsafe { b.cast::<*mut u8>().read_unaligned() }
+}
+
+/// Writes a free block's link.
+///
+/// # Safety
+/// As for [`next_of`].
+#[inline(always)]
+pub(crate) unsafe fn set_next(b: *mut u8, next: *mut u8) {
+    // SAFETY: per contract.
+    unsafe { b.cast::<*mut u8>().write_unaligned(next) }
+}
+
+/// A chain of free blocks handed between a slab and a front cache.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Batch {
+    /// `count` blocks linked through [`next_of`], null-terminated.
+    List { head: *mut u8, count: u32 },
+    /// Uncarved blocks `[start, end)`.
+    Range { start: *mut u8, end: *mut u8 },
+}
+
+/// The mutable state of one slab. See the module docs for the invariant.
+#[derive(Debug)]
+pub(crate) struct SlabState {
+    pub(crate) use_: Use,
+    /// Block size (class slabs).
+    pub(crate) size: u32,
+    pub(crate) capacity: u32,
+    pub(crate) used: u32,
+    pub(crate) free_count: u32,
+    /// Head of the free list (null when `free_count == 0`).
+    pub(crate) free: *mut u8,
+    /// Uncarved range `[bump, end)`, always within the slab.
+    pub(crate) bump: *mut u8,
+    pub(crate) end: *mut u8,
+    /// Links in the class's list of slabs with blocks available.
+    pub(crate) in_partial: bool,
+    pub(crate) prev: *const Slab,
+    pub(crate) next: *const Slab,
+}
+
+/// One slab's metadata, living in its SuperSlab's header.
+#[derive(Debug)]
+pub(crate) struct Slab {
+    state: UnsafeCell<SlabState>,
+}
+
+impl Slab {
+    pub(crate) fn new_free() -> Self {
+        Slab {
+            state: UnsafeCell::new(SlabState {
+                use_: Use::Free,
+                size: 0,
+                capacity: 0,
+                used: 0,
+                free_count: 0,
+                free: core::ptr::null_mut(),
+                bump: core::ptr::null_mut(),
+                end: core::ptr::null_mut(),
+                in_partial: false,
+                prev: null(),
+                next: null(),
+            }),
+        }
+    }
+
+    /// Runs `f` on the state.
+    ///
+    /// # Safety
+    /// The caller holds the lock that protects this slab (its class lock
+    /// while it serves a class, else the pool lock), and `f` does not call
+    /// `with` on the same slab.
+    #[inline(always)]
+    pub(crate) unsafe fn with<R>(&self, f: impl FnOnce(&mut SlabState) -> R) -> R {
+        // SAFETY: exclusive access is guaranteed by the lock the caller holds.
+        self.state.with_mut(|s| f(unsafe { &mut *s }))
+    }
+}
+
+impl SlabState {
+    /// Makes a free slab serve class `class`, its blocks laid out in
+    /// `[start, slab_end)`.
+    pub(crate) fn init_class(&mut self, class: u8, size: u32, start: *mut u8, slab_end: *mut u8) {
+        let capacity = (slab_end as usize - start as usize) / size as usize;
+        debug_assert!(capacity >= 1);
+        self.use_ = Use::Class(class);
+        self.size = size;
+        self.capacity = capacity as u32;
+        self.used = 0;
+        self.free_count = 0;
+        self.free = core::ptr::null_mut();
+        self.bump = start;
+        // SAFETY-free arithmetic: stays within the slab by construction.
+        self.end = start.wrapping_add(capacity * size as usize);
+        self.in_partial = false;
+        self.debug_check();
+    }
+
+    /// Blocks this slab can still hand out.
+    #[inline]
+    pub(crate) fn available(&self) -> bool {
+        self.free_count > 0 || self.bump < self.end
+    }
+
+    /// Takes up to `want` blocks: free-list blocks first (warm memory), else
+    /// the whole uncarved range, which costs no write at all.
+    ///
+    /// # Safety
+    /// The slab serves a class and its free list is intact.
+    pub(crate) unsafe fn take(&mut self, want: u32) -> Batch {
+        debug_assert!(self.available() && want > 0);
+        let batch = if self.free_count > 0 {
+            let head = self.free;
+            let count = if self.free_count <= want {
+                self.free = core::ptr::null_mut();
+                self.free_count
+            } else {
+                let mut last = head;
+                for _ in 1..want {
+                    // SAFETY: the list holds `free_count > want` blocks.
+                    last = unsafe { next_of(last) };
+                }
+                // SAFETY: `last` is a free block of this slab.
+                self.free = unsafe { next_of(last) };
+                // SAFETY: as above; terminates the detached chain.
+                unsafe { set_next(last, core::ptr::null_mut()) };
+                want
+            };
+            self.free_count -= count;
+            self.used += count;
+            Batch::List { head, count }
+        } else {
+            let (start, end) = (self.bump, self.end);
+            self.used += ((end as usize - start as usize) / self.size as usize) as u32;
+            self.bump = end;
+            Batch::Range { start, end }
+        };
+        self.debug_check();
+        batch
+    }
+
+    /// Returns one block. Reports whether the slab went from nothing
+    /// available to something available (it must join its class list).
+    ///
+    /// # Safety
+    /// `b` is a block of this slab that is not free.
+    #[inline]
+    pub(crate) unsafe fn put(&mut self, b: *mut u8) -> bool {
+        debug_assert!(self.used > 0, "slab put with used == 0: double free?");
+        let was_available = self.available();
+        // SAFETY: `b` is ours and not free, so we may reuse its first bytes.
+        unsafe { set_next(b, self.free) };
+        self.free = b;
+        self.free_count += 1;
+        self.used -= 1;
+        self.debug_check();
+        !was_available
+    }
+
+    /// Returns a cache's unused bump range `[start, end)`.
+    ///
+    /// # Safety
+    /// The range came from [`Self::take`] on this slab and was not used since.
+    pub(crate) unsafe fn put_range(&mut self, start: *mut u8, end: *mut u8) -> bool {
+        let was_available = self.available();
+        let n = ((end as usize - start as usize) / self.size as usize) as u32;
+        debug_assert!(self.used >= n);
+        if end == self.bump {
+            // Nothing was carved after it: un-carve in O(1).
+            self.bump = start;
+        } else {
+            let mut b = start;
+            while b < end {
+                // SAFETY: every block of the range is ours and unused.
+                unsafe { set_next(b, self.free) };
+                self.free = b;
+                b = b.wrapping_add(self.size as usize);
+            }
+            self.free_count += n;
+        }
+        self.used -= n;
+        self.debug_check();
+        !was_available && n > 0
+    }
+
+    /// True when every block is back: the slab can leave its class.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    #[inline]
+    pub(crate) fn debug_check(&self) {
+        if cfg!(debug_assertions) {
+            if let Use::Class(_) = self.use_ {
+                let uncarved = (self.end as usize - self.bump as usize) / self.size as usize;
+                assert_eq!(
+                    self.used as usize + self.free_count as usize + uncarved,
+                    self.capacity as usize,
+                    "slab invariant used + free + uncarved == capacity broken"
+                );
+                assert_eq!(
+                    self.free.is_null(),
+                    self.free_count == 0,
+                    "slab free list/count disagree"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! One integration-test binary, a module per area.
+
+mod collections;
+mod model;
+mod shadow;
+mod threads;
+
+/// A small deterministic PRNG (xorshift64*), so failures replay.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+}
+
+/// Scales iteration counts down under miri.
+pub const fn scaled(n: usize) -> usize {
+    if cfg!(miri) {
+        n / 100 + 1
+    } else {
+        n
+    }
+}
