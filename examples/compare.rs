@@ -1,0 +1,507 @@
+//! Side-by-side benchmark: smallmid against std's System allocator (glibc),
+//! mimalloc (process-wide and as a first-class heap), bumpalo and
+//! blink-alloc, on the same workloads, interleaved, several repetitions.
+//!
+//! ```sh
+//! cargo run --release --example compare            # 5 repetitions
+//! cargo run --release --example compare -- --reps 3 --scale 0.2
+//! ```
+//!
+//! Each (workload, allocator, repetition) runs in a fresh child process, so
+//! peak RSS and page faults belong to that run alone. Printed: median ns per
+//! op, M ops/s, the ratio to the workload's reference peer, median peak RSS,
+//! and minor page faults per million ops after a warm-up round.
+
+use allocator_api2::alloc::{AllocError, Allocator, Global};
+use allocator_api2::vec::Vec as AVec;
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use std::process::Command;
+use std::time::Instant;
+
+// ---------------------------------------------------------------- peers
+
+/// One allocator under test: how to make an arena, get its `Allocator`, and
+/// release it.
+trait Peer: Sized {
+    /// Individual frees make memory reusable (bump allocators: no).
+    const FREES: bool;
+    /// Dropping the arena releases its blocks (no per-block free needed).
+    const BULK: bool;
+    /// May be shared by threads (one allocating, another freeing).
+    const SYNC: bool;
+    type A<'a>: Allocator
+    where
+        Self: 'a;
+    fn new() -> Self;
+    fn alloc(&self) -> Self::A<'_>;
+}
+
+struct System;
+impl Peer for System {
+    const FREES: bool = true;
+    const BULK: bool = false;
+    const SYNC: bool = true;
+    type A<'a> = Global;
+    fn new() -> Self {
+        System
+    }
+    fn alloc(&self) -> Global {
+        Global
+    }
+}
+
+/// mimalloc's process-wide `mi_malloc`/`mi_free`, called directly.
+#[derive(Clone, Copy)]
+struct MiGlobal;
+// SAFETY: mimalloc returns blocks of at least the size, aligned as asked,
+// valid until `mi_free`.
+unsafe impl Allocator for MiGlobal {
+    fn allocate(&self, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: plain FFI call.
+        let p = unsafe { libmimalloc_sys::mi_malloc_aligned(l.size(), l.align()) };
+        NonNull::new(p.cast::<u8>()).map(|p| NonNull::slice_from_raw_parts(p, l.size())).ok_or(AllocError)
+    }
+    unsafe fn deallocate(&self, p: NonNull<u8>, _: Layout) {
+        // SAFETY: `p` came from mimalloc.
+        unsafe { libmimalloc_sys::mi_free(p.as_ptr().cast()) }
+    }
+    unsafe fn grow(&self, p: NonNull<u8>, _: Layout, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: `p` came from mimalloc.
+        let q = unsafe { libmimalloc_sys::mi_realloc_aligned(p.as_ptr().cast(), l.size(), l.align()) };
+        NonNull::new(q.cast::<u8>()).map(|q| NonNull::slice_from_raw_parts(q, l.size())).ok_or(AllocError)
+    }
+}
+impl Peer for MiGlobal {
+    const FREES: bool = true;
+    const BULK: bool = false;
+    const SYNC: bool = true;
+    type A<'a> = MiGlobal;
+    fn new() -> Self {
+        MiGlobal
+    }
+    fn alloc(&self) -> MiGlobal {
+        MiGlobal
+    }
+}
+
+/// A first-class mimalloc heap; `mi_heap_destroy` releases it at once.
+struct MiHeap(*mut libmimalloc_sys::mi_heap_t);
+// SAFETY: the benchmark allocates from a heap only on the thread that made
+// it; other threads only call `mi_free`, which mimalloc allows.
+unsafe impl Sync for MiHeap {}
+// SAFETY: as above.
+unsafe impl Allocator for MiHeap {
+    fn allocate(&self, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: plain FFI call on a live heap.
+        let p = unsafe { libmimalloc_sys::mi_heap_malloc_aligned(self.0, l.size(), l.align()) };
+        NonNull::new(p.cast::<u8>()).map(|p| NonNull::slice_from_raw_parts(p, l.size())).ok_or(AllocError)
+    }
+    unsafe fn deallocate(&self, p: NonNull<u8>, _: Layout) {
+        // SAFETY: `p` came from mimalloc.
+        unsafe { libmimalloc_sys::mi_free(p.as_ptr().cast()) }
+    }
+    unsafe fn grow(&self, p: NonNull<u8>, _: Layout, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: `p` came from this heap.
+        let q = unsafe { libmimalloc_sys::mi_heap_realloc_aligned(self.0, p.as_ptr().cast(), l.size(), l.align()) };
+        NonNull::new(q.cast::<u8>()).map(|q| NonNull::slice_from_raw_parts(q, l.size())).ok_or(AllocError)
+    }
+}
+impl Drop for MiHeap {
+    fn drop(&mut self) {
+        // SAFETY: the heap is live and dropped once.
+        unsafe { libmimalloc_sys::mi_heap_destroy(self.0) }
+    }
+}
+impl Peer for MiHeap {
+    const FREES: bool = true;
+    const BULK: bool = true;
+    const SYNC: bool = true;
+    type A<'a> = &'a MiHeap;
+    fn new() -> Self {
+        // SAFETY: plain FFI call.
+        MiHeap(unsafe { libmimalloc_sys::mi_heap_new() })
+    }
+    fn alloc(&self) -> &MiHeap {
+        self
+    }
+}
+
+impl Peer for bumpalo::Bump {
+    const FREES: bool = false;
+    const BULK: bool = true;
+    const SYNC: bool = false;
+    type A<'a> = &'a bumpalo::Bump;
+    fn new() -> Self {
+        bumpalo::Bump::new()
+    }
+    fn alloc(&self) -> &bumpalo::Bump {
+        self
+    }
+}
+
+/// blink-alloc 0.4 implements allocator-api2 0.4's trait; this forwards
+/// the 0.2 trait (the one hashbrown and bumpalo use) to it.
+struct Blink(blink_alloc::SyncBlinkAlloc);
+// SAFETY: forwards to blink-alloc's own `Allocator` implementation.
+unsafe impl Allocator for &Blink {
+    fn allocate(&self, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        allocator_api2_04::alloc::Allocator::allocate(&self.0, l).map_err(|_| AllocError)
+    }
+    unsafe fn deallocate(&self, p: NonNull<u8>, l: Layout) {
+        // SAFETY: forwarded contract.
+        unsafe { allocator_api2_04::alloc::Allocator::deallocate(&self.0, p, l) }
+    }
+    unsafe fn grow(&self, p: NonNull<u8>, o: Layout, n: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: forwarded contract.
+        unsafe { allocator_api2_04::alloc::Allocator::grow(&self.0, p, o, n).map_err(|_| AllocError) }
+    }
+}
+impl Peer for Blink {
+    const FREES: bool = false;
+    const BULK: bool = true;
+    const SYNC: bool = true;
+    type A<'a> = &'a Blink;
+    fn new() -> Self {
+        Blink(blink_alloc::SyncBlinkAlloc::new())
+    }
+    fn alloc(&self) -> &Blink {
+        self
+    }
+}
+
+impl Peer for smallmid::SmallMidArena {
+    const FREES: bool = true;
+    const BULK: bool = true;
+    const SYNC: bool = true;
+    type A<'a> = &'a smallmid::SmallMidArena;
+    fn new() -> Self {
+        smallmid::SmallMidArena::new()
+    }
+    fn alloc(&self) -> &smallmid::SmallMidArena {
+        self
+    }
+}
+
+// ---------------------------------------------------------------- workloads
+
+/// Precomputed pseudo-random sizes, identical for every peer.
+struct Sizes {
+    v: Vec<u32>,
+    i: usize,
+}
+impl Sizes {
+    fn new(lo: usize, hi: usize, seed: u64) -> Self {
+        let mut x = seed | 1;
+        let v = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (lo + (x % (hi - lo + 1) as u64) as usize) as u32
+            })
+            .collect();
+        Sizes { v, i: 0 }
+    }
+    #[inline(always)]
+    fn next(&mut self) -> Layout {
+        self.i = (self.i + 1) & 65535;
+        // SAFETY: sizes are small, alignment 8 is a power of two.
+        unsafe { Layout::from_size_align_unchecked(self.v[self.i] as usize, 8) }
+    }
+}
+
+#[inline(always)]
+fn alloc_touch<A: Allocator>(a: &A, l: Layout) -> NonNull<u8> {
+    let p = a.allocate(l).expect("allocation failed").cast::<u8>();
+    // SAFETY: fresh block of at least 8 bytes: write as a user would.
+    unsafe { p.as_ptr().cast::<u64>().write_unaligned(l.size() as u64) };
+    p
+}
+
+/// Faults so far (minor) and peak RSS in KiB.
+fn rusage() -> (u64, u64) {
+    // SAFETY: getrusage fills the struct we pass.
+    unsafe {
+        let mut u: libc::rusage = core::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        (u.ru_minflt as u64, u.ru_maxrss as u64)
+    }
+}
+
+struct Run {
+    ns: f64,
+    ops: u64,
+    faults: u64,
+}
+
+fn timed(ops: u64, f: impl FnOnce()) -> Run {
+    let (f0, _) = rusage();
+    let t = Instant::now();
+    f();
+    let ns = t.elapsed().as_nanos() as f64;
+    let (f1, _) = rusage();
+    Run { ns, ops, faults: f1 - f0 }
+}
+
+/// Ring of 4096 slots; each op frees the slot's block and allocates a random
+/// size in 256..=1024 (the seed's own benchmark).
+fn churn<P: Peer>(scale: f64) -> Option<Run> {
+    if !P::FREES {
+        return None;
+    }
+    let arena = P::new();
+    let a = arena.alloc();
+    let mut sizes = Sizes::new(256, 1024, 1);
+    let mut ring: Vec<(NonNull<u8>, Layout)> = (0..4096)
+        .map(|_| {
+            let l = sizes.next();
+            (alloc_touch(&a, l), l)
+        })
+        .collect();
+    let mut step = |n: usize, ring: &mut Vec<(NonNull<u8>, Layout)>| {
+        for i in 0..n {
+            let slot = &mut ring[i & 4095];
+            // SAFETY: allocated from `a` with this layout.
+            unsafe { a.deallocate(slot.0, slot.1) };
+            let l = sizes.next();
+            *slot = (alloc_touch(&a, l), l);
+        }
+    };
+    step(1 << 20, &mut ring); // warm-up
+    let ops = (10_000_000.0 * scale) as usize;
+    let run = timed(ops as u64, || step(ops, &mut ring));
+    for (p, l) in ring {
+        // SAFETY: as above.
+        unsafe { a.deallocate(p, l) };
+    }
+    Some(run)
+}
+
+/// 200,000 random 256..=1024 B blocks, then drop the arena (bulk release
+/// where the peer can); 20 rounds after one warm-up round.
+fn fill_drop<P: Peer>(scale: f64) -> Option<Run> {
+    let n = (200_000.0 * scale) as usize;
+    let mut sizes = Sizes::new(256, 1024, 2);
+    let mut blocks = Vec::with_capacity(n);
+    let mut round = |blocks: &mut Vec<(NonNull<u8>, Layout)>| {
+        let arena = P::new();
+        let a = arena.alloc();
+        for _ in 0..n {
+            let l = sizes.next();
+            blocks.push((alloc_touch(&a, l), l));
+        }
+        if !P::BULK {
+            for &(p, l) in blocks.iter() {
+                // SAFETY: allocated from `a` with this layout.
+                unsafe { a.deallocate(p, l) };
+            }
+        }
+        blocks.clear();
+        drop(a);
+        drop(arena);
+    };
+    round(&mut blocks);
+    Some(timed(20 * n as u64, || (0..20).for_each(|_| round(&mut blocks))))
+}
+
+/// New arena, 32 random 16..=1024 B blocks and a Vec<u64> grown to 100,
+/// drop. One op = one request.
+fn per_request<P: Peer>(scale: f64) -> Option<Run> {
+    let rounds = (200_000.0 * scale) as usize;
+    let mut sizes = Sizes::new(16, 1024, 3);
+    let mut one = || {
+        let arena = P::new();
+        let a = arena.alloc();
+        let mut blocks = [(NonNull::<u8>::dangling(), Layout::new::<u8>()); 32];
+        for b in blocks.iter_mut() {
+            let l = sizes.next();
+            *b = (alloc_touch(&a, l), l);
+        }
+        let mut v = AVec::new_in(&a);
+        for i in 0..100u64 {
+            v.push(i);
+        }
+        core::hint::black_box(&v);
+        drop(v);
+        if !P::BULK {
+            for (p, l) in blocks {
+                // SAFETY: allocated from `a` with this layout.
+                unsafe { a.deallocate(p, l) };
+            }
+        }
+        drop(a);
+        drop(arena);
+    };
+    for _ in 0..1000 {
+        one();
+    }
+    Some(timed(rounds as u64, || (0..rounds).for_each(|_| one())))
+}
+
+/// Send wrapper for a batch of blocks.
+struct Batch(Vec<(NonNull<u8>, Layout)>);
+// SAFETY: the blocks are plain memory owned by whoever holds the batch.
+unsafe impl Send for Batch {}
+
+/// One thread allocates random 256..=1024 B blocks, another frees them
+/// (batches of 64 over a channel). One op = one block.
+fn xthread<P: Peer>(scale: f64) -> Option<Run> {
+    if !(P::SYNC && P::FREES) {
+        return None;
+    }
+    struct Shared<P>(P);
+    // SAFETY: `SYNC` peers may be shared: one thread allocates, another frees.
+    unsafe impl<P> Sync for Shared<P> {}
+    let arena = Shared(P::new());
+    let run = |n: usize, sizes: &mut Sizes| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(256);
+        std::thread::scope(|s| {
+            let arena = &arena;
+            s.spawn(move || {
+                let a = arena.0.alloc();
+                for b in rx {
+                    for (p, l) in b.0 {
+                        // SAFETY: allocated from this arena with `l`.
+                        unsafe { a.deallocate(p, l) };
+                    }
+                }
+            });
+            let a = arena.0.alloc();
+            for _ in 0..n / 64 {
+                let v = (0..64)
+                    .map(|_| {
+                        let l = sizes.next();
+                        (alloc_touch(&a, l), l)
+                    })
+                    .collect();
+                tx.send(Batch(v)).unwrap();
+            }
+            drop(tx);
+        });
+    };
+    let mut sizes = Sizes::new(256, 1024, 4);
+    run(100_000, &mut sizes);
+    let n = (5_000_000.0 * scale) as usize;
+    Some(timed(n as u64, || run(n, &mut sizes)))
+}
+
+// ---------------------------------------------------------------- driver
+
+const WORKLOADS: [(&str, &str); 4] = [
+    ("churn", "mimalloc"),
+    ("fill-drop", "mimalloc heap"),
+    ("per-request", "bumpalo"),
+    ("xthread", "mimalloc"),
+];
+const PEERS: [&str; 6] = ["smallmid", "mimalloc", "mimalloc heap", "system (glibc)", "bumpalo", "blink-alloc"];
+
+fn run_peer<P: Peer>(workload: &str, scale: f64) -> Option<Run> {
+    match workload {
+        "churn" => churn::<P>(scale),
+        "fill-drop" => fill_drop::<P>(scale),
+        "per-request" => per_request::<P>(scale),
+        "xthread" => xthread::<P>(scale),
+        _ => panic!("unknown workload {workload}"),
+    }
+}
+
+fn child(workload: &str, peer: &str, scale: f64) {
+    let r = match peer {
+        "smallmid" => run_peer::<smallmid::SmallMidArena>(workload, scale),
+        "mimalloc" => run_peer::<MiGlobal>(workload, scale),
+        "mimalloc heap" => run_peer::<MiHeap>(workload, scale),
+        "system (glibc)" => run_peer::<System>(workload, scale),
+        "bumpalo" => run_peer::<bumpalo::Bump>(workload, scale),
+        "blink-alloc" => run_peer::<Blink>(workload, scale),
+        _ => panic!("unknown peer {peer}"),
+    };
+    let (_, maxrss) = rusage();
+    match r {
+        Some(r) => println!("RESULT {} {} {} {}", r.ns, r.ops, r.faults, maxrss),
+        None => println!("RESULT n/a"),
+    }
+}
+
+#[derive(Default, Clone)]
+struct Samples {
+    ns_per_op: Vec<f64>,
+    rss_kb: Vec<f64>,
+    faults_per_mop: Vec<f64>,
+    na: bool,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
+    let scale: f64 = arg("--scale").map_or(1.0, |s| s.parse().unwrap());
+    if let Some(w) = arg("--child") {
+        child(&w, &arg("--peer").unwrap(), scale);
+        return;
+    }
+    let reps: usize = arg("--reps").map_or(5, |s| s.parse().unwrap());
+    let only: Option<String> = arg("--only");
+    let exe = std::env::current_exe().unwrap();
+    let mut results = std::collections::HashMap::<(usize, usize), Samples>::new();
+    eprintln!("{reps} repetitions, scale {scale}, each run in its own process, interleaved");
+    for rep in 0..reps {
+        for (wi, (w, _)) in WORKLOADS.iter().enumerate() {
+            if only.as_deref().is_some_and(|o| o != *w) {
+                continue;
+            }
+            for (pi, p) in PEERS.iter().enumerate() {
+                let out = Command::new(&exe)
+                    .args(["--child", w, "--peer", p, "--scale", &scale.to_string()])
+                    .output()
+                    .expect("spawn child");
+                let text = String::from_utf8_lossy(&out.stdout);
+                let line = text.lines().find(|l| l.starts_with("RESULT")).unwrap_or_else(|| {
+                    panic!("{w}/{p} failed: {}", String::from_utf8_lossy(&out.stderr))
+                });
+                let s = results.entry((wi, pi)).or_default();
+                let f: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+                if f.len() == 4 {
+                    s.ns_per_op.push(f[0] / f[1]);
+                    s.faults_per_mop.push(f[2] / f[1] * 1e6);
+                    s.rss_kb.push(f[3]);
+                } else {
+                    s.na = true;
+                }
+            }
+        }
+        eprintln!("  repetition {} of {reps} done", rep + 1);
+    }
+    println!("| workload | allocator | ns/op | M ops/s | vs ref | peak RSS MiB | minor faults / M ops |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (wi, (w, reference)) in WORKLOADS.iter().enumerate() {
+        let ri = PEERS.iter().position(|p| p == reference).unwrap();
+        let Some(r) = results.get(&(wi, ri)) else { continue };
+        let ref_ns = median(&r.ns_per_op);
+        for (pi, p) in PEERS.iter().enumerate() {
+            let s = &results[&(wi, pi)];
+            if s.na {
+                println!("| {w} | {p} | n/a | | | | |");
+                continue;
+            }
+            let ns = median(&s.ns_per_op);
+            let unit = if *w == "per-request" { " (per request)" } else { "" };
+            println!(
+                "| {w} | {p} | {ns:.1}{unit} | {:.2} | {:.2}× {reference} | {:.1} | {:.0} |",
+                1e3 / ns,
+                ns / ref_ns,
+                median(&s.rss_kb) / 1024.0,
+                median(&s.faults_per_mop)
+            );
+        }
+    }
+}
