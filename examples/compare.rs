@@ -60,16 +60,26 @@ unsafe impl Allocator for MiGlobal {
     fn allocate(&self, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: plain FFI call.
         let p = unsafe { libmimalloc_sys::mi_malloc_aligned(l.size(), l.align()) };
-        NonNull::new(p.cast::<u8>()).map(|p| NonNull::slice_from_raw_parts(p, l.size())).ok_or(AllocError)
+        NonNull::new(p.cast::<u8>())
+            .map(|p| NonNull::slice_from_raw_parts(p, l.size()))
+            .ok_or(AllocError)
     }
     unsafe fn deallocate(&self, p: NonNull<u8>, _: Layout) {
         // SAFETY: `p` came from mimalloc.
         unsafe { libmimalloc_sys::mi_free(p.as_ptr().cast()) }
     }
-    unsafe fn grow(&self, p: NonNull<u8>, _: Layout, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn grow(
+        &self,
+        p: NonNull<u8>,
+        _: Layout,
+        l: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: `p` came from mimalloc.
-        let q = unsafe { libmimalloc_sys::mi_realloc_aligned(p.as_ptr().cast(), l.size(), l.align()) };
-        NonNull::new(q.cast::<u8>()).map(|q| NonNull::slice_from_raw_parts(q, l.size())).ok_or(AllocError)
+        let q =
+            unsafe { libmimalloc_sys::mi_realloc_aligned(p.as_ptr().cast(), l.size(), l.align()) };
+        NonNull::new(q.cast::<u8>())
+            .map(|q| NonNull::slice_from_raw_parts(q, l.size()))
+            .ok_or(AllocError)
     }
 }
 impl Peer for MiGlobal {
@@ -95,16 +105,27 @@ unsafe impl Allocator for MiHeap {
     fn allocate(&self, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: plain FFI call on a live heap.
         let p = unsafe { libmimalloc_sys::mi_heap_malloc_aligned(self.0, l.size(), l.align()) };
-        NonNull::new(p.cast::<u8>()).map(|p| NonNull::slice_from_raw_parts(p, l.size())).ok_or(AllocError)
+        NonNull::new(p.cast::<u8>())
+            .map(|p| NonNull::slice_from_raw_parts(p, l.size()))
+            .ok_or(AllocError)
     }
     unsafe fn deallocate(&self, p: NonNull<u8>, _: Layout) {
         // SAFETY: `p` came from mimalloc.
         unsafe { libmimalloc_sys::mi_free(p.as_ptr().cast()) }
     }
-    unsafe fn grow(&self, p: NonNull<u8>, _: Layout, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn grow(
+        &self,
+        p: NonNull<u8>,
+        _: Layout,
+        l: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: `p` came from this heap.
-        let q = unsafe { libmimalloc_sys::mi_heap_realloc_aligned(self.0, p.as_ptr().cast(), l.size(), l.align()) };
-        NonNull::new(q.cast::<u8>()).map(|q| NonNull::slice_from_raw_parts(q, l.size())).ok_or(AllocError)
+        let q = unsafe {
+            libmimalloc_sys::mi_heap_realloc_aligned(self.0, p.as_ptr().cast(), l.size(), l.align())
+        };
+        NonNull::new(q.cast::<u8>())
+            .map(|q| NonNull::slice_from_raw_parts(q, l.size()))
+            .ok_or(AllocError)
     }
 }
 impl Drop for MiHeap {
@@ -152,9 +173,16 @@ unsafe impl Allocator for &Blink {
         // SAFETY: forwarded contract.
         unsafe { allocator_api2_04::alloc::Allocator::deallocate(&self.0, p, l) }
     }
-    unsafe fn grow(&self, p: NonNull<u8>, o: Layout, n: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    unsafe fn grow(
+        &self,
+        p: NonNull<u8>,
+        o: Layout,
+        n: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: forwarded contract.
-        unsafe { allocator_api2_04::alloc::Allocator::grow(&self.0, p, o, n).map_err(|_| AllocError) }
+        unsafe {
+            allocator_api2_04::alloc::Allocator::grow(&self.0, p, o, n).map_err(|_| AllocError)
+        }
     }
 }
 impl Peer for Blink {
@@ -241,7 +269,11 @@ fn timed(ops: u64, f: impl FnOnce()) -> Run {
     f();
     let ns = t.elapsed().as_nanos() as f64;
     let (f1, _) = rusage();
-    Run { ns, ops, faults: f1 - f0 }
+    Run {
+        ns,
+        ops,
+        faults: f1 - f0,
+    }
 }
 
 /// Ring of 4096 slots; each op frees the slot's block and allocates a random
@@ -302,7 +334,9 @@ fn fill_drop<P: Peer>(scale: f64) -> Option<Run> {
         drop(arena);
     };
     round(&mut blocks);
-    Some(timed(20 * n as u64, || (0..20).for_each(|_| round(&mut blocks))))
+    Some(timed(20 * n as u64, || {
+        (0..20).for_each(|_| round(&mut blocks))
+    }))
 }
 
 /// New arena, 32 random 16..=1024 B blocks and a Vec<u64> grown to 100,
@@ -394,7 +428,14 @@ const WORKLOADS: [(&str, &str); 4] = [
     ("per-request", "bumpalo"),
     ("xthread", "mimalloc"),
 ];
-const PEERS: [&str; 6] = ["smallmid", "mimalloc", "mimalloc heap", "system (glibc)", "bumpalo", "blink-alloc"];
+const PEERS: [&str; 6] = [
+    "smallmid",
+    "mimalloc",
+    "mimalloc heap",
+    "system (glibc)",
+    "bumpalo",
+    "blink-alloc",
+];
 
 fn run_peer<P: Peer>(workload: &str, scale: f64) -> Option<Run> {
     match workload {
@@ -443,7 +484,11 @@ fn median(v: &[f64]) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].clone())
+    };
     let scale: f64 = arg("--scale").map_or(1.0, |s| s.parse().unwrap());
     if let Some(w) = arg("--child") {
         child(&w, &arg("--peer").unwrap(), scale);
@@ -465,11 +510,18 @@ fn main() {
                     .output()
                     .expect("spawn child");
                 let text = String::from_utf8_lossy(&out.stdout);
-                let line = text.lines().find(|l| l.starts_with("RESULT")).unwrap_or_else(|| {
-                    panic!("{w}/{p} failed: {}", String::from_utf8_lossy(&out.stderr))
-                });
+                let line = text
+                    .lines()
+                    .find(|l| l.starts_with("RESULT"))
+                    .unwrap_or_else(|| {
+                        panic!("{w}/{p} failed: {}", String::from_utf8_lossy(&out.stderr))
+                    });
                 let s = results.entry((wi, pi)).or_default();
-                let f: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+                let f: Vec<f64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
                 if f.len() == 4 {
                     s.ns_per_op.push(f[0] / f[1]);
                     s.faults_per_mop.push(f[2] / f[1] * 1e6);
@@ -481,11 +533,15 @@ fn main() {
         }
         eprintln!("  repetition {} of {reps} done", rep + 1);
     }
-    println!("| workload | allocator | ns/op | M ops/s | vs ref | peak RSS MiB | minor faults / M ops |");
+    println!(
+        "| workload | allocator | ns/op | M ops/s | vs ref | peak RSS MiB | minor faults / M ops |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|");
     for (wi, (w, reference)) in WORKLOADS.iter().enumerate() {
         let ri = PEERS.iter().position(|p| p == reference).unwrap();
-        let Some(r) = results.get(&(wi, ri)) else { continue };
+        let Some(r) = results.get(&(wi, ri)) else {
+            continue;
+        };
         let ref_ns = median(&r.ns_per_op);
         for (pi, p) in PEERS.iter().enumerate() {
             let s = &results[&(wi, pi)];
@@ -494,7 +550,11 @@ fn main() {
                 continue;
             }
             let ns = median(&s.ns_per_op);
-            let unit = if *w == "per-request" { " (per request)" } else { "" };
+            let unit = if *w == "per-request" {
+                " (per request)"
+            } else {
+                ""
+            };
             println!(
                 "| {w} | {p} | {ns:.1}{unit} | {:.2} | {:.2}× {reference} | {:.1} | {:.0} |",
                 1e3 / ns,

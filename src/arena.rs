@@ -2,11 +2,12 @@
 
 use crate::cache::{SlotChunk, ThreadCache, CHUNKS, INLINE_SLOTS};
 use crate::central::ClassList;
+use crate::large;
 use crate::pool::Pool;
 use crate::registry::{self, RegLinks};
 use crate::size_class::NUM_CLASSES;
 use crate::superslab::{SuperSlab, META, SUPERSLAB_SIZE};
-use crate::sync::{lock, AtomicPtr, Mutex, UnsafeCell};
+use crate::sync::{lock, AtomicBool, AtomicPtr, Mutex, UnsafeCell};
 use crate::warm;
 use allocator_api2::alloc::AllocError;
 use core::fmt;
@@ -23,6 +24,11 @@ pub(crate) struct ArenaState {
     pub(crate) slots: [AtomicPtr<ThreadCache>; INLINE_SLOTS],
     pub(crate) chunks: [AtomicPtr<SlotChunk>; CHUNKS],
     pub(crate) classes: [Mutex<ClassList>; NUM_CLASSES],
+    /// Per class: does its list (probably) have slabs with blocks?
+    pub(crate) nonempty: [AtomicBool; NUM_CLASSES],
+    /// The first thread's cache, so a one-thread arena allocates none.
+    pub(crate) first_cache: ThreadCache,
+    pub(crate) first_cache_taken: AtomicBool,
     pub(crate) pool: Mutex<Pool>,
     pub(crate) reg: UnsafeCell<RegLinks>,
 }
@@ -150,8 +156,11 @@ impl Drop for SmallMidArena {
         // state, so it may be destroyed and its memory handed on.
         unsafe {
             registry::unregister(state);
-            (*state).unmap_all_huge();
-            let superslabs = lock(&(*state).pool).all_superslabs();
+            let superslabs = {
+                let mut pool = lock(&(*state).pool);
+                large::unmap_all_huge(&mut pool);
+                pool.all_superslabs()
+            };
             core::ptr::drop_in_place(state);
             warm::release(&superslabs);
         }
@@ -227,6 +236,9 @@ impl Builder {
                 slots: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
                 chunks: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
                 classes: core::array::from_fn(|_| Mutex::new(ClassList::new())),
+                nonempty: core::array::from_fn(|_| AtomicBool::new(false)),
+                first_cache: ThreadCache::new(),
+                first_cache_taken: AtomicBool::new(false),
                 pool: Mutex::new(Pool::new(state, home, self.memory_limit)),
                 reg: UnsafeCell::new(RegLinks::new()),
             });

@@ -22,6 +22,8 @@ use crate::arena::ArenaState;
 use crate::registry;
 use crate::size_class::{index_for_size, CACHE_CAP, CLASS_ALIGN, CLASS_SIZE, NUM_CLASSES};
 use crate::slab::{next_of, set_next, Batch};
+use crate::superslab::SuperSlab;
+use crate::sync::lock;
 use crate::sync::{thread_local_const, AtomicPtr, Ordering, UnsafeCell};
 use core::cell::Cell;
 use core::ptr::{null_mut, NonNull};
@@ -40,6 +42,13 @@ const DEAD: u32 = u32::MAX - 1;
 /// A chunk of cache slots.
 pub(crate) type SlotChunk = [AtomicPtr<ThreadCache>; INLINE_SLOTS];
 
+const EMPTY: ClassCache = ClassCache {
+    head: null_mut(),
+    count: 0,
+    bump: null_mut(),
+    end: null_mut(),
+};
+
 /// One class's part of a front cache.
 #[derive(Clone, Copy, Debug)]
 struct ClassCache {
@@ -51,10 +60,23 @@ struct ClassCache {
     end: *mut u8,
 }
 
+/// Free slabs a cache keeps so that a burst of new classes (a fresh
+/// per-request arena touches twenty) takes the pool lock once per few.
+const STASH: usize = 4;
+
+/// What a front cache holds (see the module docs).
+#[derive(Debug)]
+struct Inner {
+    lists: [ClassCache; NUM_CLASSES],
+    /// Free slabs taken from the pool, `stash[..stashed]`, not yet used.
+    stash: [(*const SuperSlab, usize); STASH],
+    stashed: usize,
+}
+
 /// The front cache of one thread in one arena.
 #[derive(Debug)]
 pub(crate) struct ThreadCache {
-    lists: UnsafeCell<[ClassCache; NUM_CLASSES]>,
+    inner: UnsafeCell<Inner>,
 }
 
 /// Size class whose blocks hold the caches themselves.
@@ -64,24 +86,22 @@ const CHUNK_CLASS: usize = index_for_size(core::mem::size_of::<SlotChunk>());
 const _: () = assert!(core::mem::align_of::<SlotChunk>() <= CLASS_ALIGN[CHUNK_CLASS] as usize);
 
 impl ThreadCache {
-    fn new() -> Self {
-        let empty = ClassCache {
-            head: null_mut(),
-            count: 0,
-            bump: null_mut(),
-            end: null_mut(),
-        };
+    pub(crate) fn new() -> Self {
         ThreadCache {
-            lists: UnsafeCell::new([empty; NUM_CLASSES]),
+            inner: UnsafeCell::new(Inner {
+                lists: [EMPTY; NUM_CLASSES],
+                stash: [(core::ptr::null(), 0); STASH],
+                stashed: 0,
+            }),
         }
     }
 
     /// # Safety
     /// Called by the thread owning this cache, not reentrantly.
     #[inline(always)]
-    unsafe fn with<R>(&self, class: usize, f: impl FnOnce(&mut ClassCache) -> R) -> R {
+    unsafe fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         // SAFETY: only the owning thread touches its cache (type invariant).
-        self.lists.with_mut(|l| f(unsafe { &mut (*l)[class] }))
+        self.inner.with_mut(|i| f(unsafe { &mut *i }))
     }
 }
 
@@ -185,9 +205,15 @@ impl ArenaState {
             // SAFETY: published caches live as long as the arena.
             return Some(unsafe { &*p });
         }
-        let mem = self.alloc_one(CACHE_CLASS)?.cast::<ThreadCache>();
-        // SAFETY: a fresh block of a class that fits a cache.
-        unsafe { mem.write(ThreadCache::new()) };
+        let mem = if !self.first_cache_taken.swap(true, Ordering::Relaxed) {
+            // The first thread uses the cache inside the arena state.
+            &self.first_cache as *const ThreadCache as *mut ThreadCache
+        } else {
+            let mem = self.alloc_one(CACHE_CLASS)?.cast::<ThreadCache>();
+            // SAFETY: a fresh block of a class that fits a cache.
+            unsafe { mem.write(ThreadCache::new()) };
+            mem
+        };
         slot.store(mem, Ordering::Release);
         // SAFETY: just initialized; lives as long as the arena.
         Some(unsafe { &*mem })
@@ -204,7 +230,8 @@ impl ArenaState {
         if let Some(c) = self.cache() {
             // SAFETY: this thread owns its cache; blocks on its list are free.
             let b = unsafe {
-                c.with(class, |l| {
+                c.with(|i| {
+                    let l = &mut i.lists[class];
                     let b = l.head;
                     if !b.is_null() {
                         l.head = next_of(b);
@@ -233,16 +260,33 @@ impl ArenaState {
             return NonNull::new(self.alloc_one(class)?);
         };
         let size = CLASS_SIZE[class] as usize;
-        // SAFETY: this thread owns its cache.
+        // SAFETY: this thread owns its cache; refilled blocks are free.
         let b = unsafe {
-            c.with(class, |l| {
+            c.with(|i| {
+                let l = &mut i.lists[class];
                 if l.bump < l.end {
                     let b = l.bump;
                     l.bump = b.add(size);
                     return Some(b);
                 }
                 debug_assert!(l.head.is_null());
-                Some(match self.refill(class, CACHE_CAP[class] / 2)? {
+                let batch = match self.refill(class, CACHE_CAP[class] / 2) {
+                    Some(batch) => batch,
+                    None => {
+                        if i.stashed == 0 {
+                            i.stashed = lock(&self.pool).take_slabs(&mut i.stash);
+                            if i.stashed == 0 {
+                                return None;
+                            }
+                            i.stash[..i.stashed].reverse(); // use in address order
+                        }
+                        i.stashed -= 1;
+                        let (ss, idx) = i.stash[i.stashed];
+                        self.fresh_slab(ss, idx, class)
+                    }
+                };
+                let l = &mut i.lists[class];
+                Some(match batch {
                     Batch::List { head, count } => {
                         l.head = next_of(head);
                         l.count = count - 1;
@@ -271,7 +315,8 @@ impl ArenaState {
         if let Some(c) = self.cache() {
             // SAFETY: this thread owns its cache; `b` is ours to link.
             let done = unsafe {
-                c.with(class, |l| {
+                c.with(|i| {
+                    let l = &mut i.lists[class];
                     if l.count < CACHE_CAP[class] {
                         set_next(b, l.head);
                         l.head = b;
@@ -301,7 +346,8 @@ impl ArenaState {
         };
         // SAFETY: this thread owns its cache; the flushed blocks are free.
         unsafe {
-            c.with(class, |l| {
+            c.with(|i| {
+                let l = &mut i.lists[class];
                 if l.count >= CACHE_CAP[class] {
                     // Flush the most recent half: they are the ones in cache.
                     let n = CACHE_CAP[class] / 2;
@@ -334,25 +380,23 @@ impl ArenaState {
         }
         // SAFETY: published caches live as long as the arena.
         let c = unsafe { &*p };
-        for class in 0..NUM_CLASSES {
-            // SAFETY: the exiting thread owns this cache; what it holds is
-            // free and came from this arena's `class`.
-            unsafe {
-                let (head, count, bump, end) = c.with(class, |l| {
-                    let taken = (l.head, l.count, l.bump, l.end);
-                    *l = ClassCache {
-                        head: null_mut(),
-                        count: 0,
-                        bump: null_mut(),
-                        end: null_mut(),
-                    };
-                    taken
-                });
-                if count > 0 {
-                    self.flush(class, head, count);
+        // SAFETY: the exiting thread owns this cache; what it holds is free
+        // and came from this arena.
+        unsafe {
+            c.with(|i| {
+                for (class, l) in i.lists.iter_mut().enumerate() {
+                    let taken = core::mem::replace(l, EMPTY);
+                    if taken.count > 0 {
+                        self.flush(class, taken.head, taken.count);
+                    }
+                    self.put_range(class, taken.bump, taken.end);
                 }
-                self.put_range(class, bump, end);
-            }
+                let mut pool = lock(&self.pool);
+                for &(ss, idx) in &i.stash[..i.stashed] {
+                    pool.release_slab(ss, idx);
+                }
+                i.stashed = 0;
+            })
         }
     }
 }

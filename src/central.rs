@@ -13,10 +13,10 @@
 //! block comes back leaves the class and returns to the pool at once.
 
 use crate::arena::ArenaState;
-use crate::size_class::CLASS_SIZE;
+use crate::size_class::{CLASS_ALIGN, CLASS_SIZE};
 use crate::slab::{next_of, set_next, Batch, Slab, SlabState, Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META};
-use crate::sync::lock;
+use crate::sync::{lock, Ordering};
 use core::ptr::{null, null_mut};
 
 /// Head of one class's list of slabs with blocks available.
@@ -84,31 +84,39 @@ impl ArenaState {
             return Some(list.head);
         }
         let (ss, idx) = lock(&self.pool).take_slab()?;
-        let slab_start = SuperSlab::slab_start(ss, idx);
-        let size = CLASS_SIZE[class];
-        let align = (size & size.wrapping_neg()) as usize;
-        let start = if idx == 0 {
-            slab_start.wrapping_add(META.next_multiple_of(align))
-        } else {
-            slab_start
-        };
         // SAFETY: the slab is ours now; the class lock protects its state.
         let slab = unsafe { &(*ss).slabs[idx] as *const Slab };
         // SAFETY: class lock held; the slab was free, so on no list.
         unsafe {
             (*slab).with(|s| {
-                s.init_class(class as u8, size, start, slab_start.wrapping_add(SLAB_SIZE));
+                init_slab(s, ss, idx, class);
                 list.push(slab, s);
             })
         };
+        self.publish(class, list);
         Some(slab)
     }
 
-    /// Takes up to `want` blocks of `class` for a front cache.
+    /// Records under the class lock whether `class` has slabs with blocks,
+    /// so refills can skip the lock when it has none.
+    #[inline]
+    fn publish(&self, class: usize, list: &ClassList) {
+        self.nonempty[class].store(!list.head.is_null(), Ordering::Relaxed);
+    }
+
+    /// Takes up to `want` reusable blocks of `class` for a front cache, or
+    /// `None` if no slab of the class has any. Lock-free when the class
+    /// looks empty: a stale answer only means a fresh slab is used instead.
     pub(crate) fn refill(&self, class: usize, want: u32) -> Option<Batch> {
+        if !self.nonempty[class].load(Ordering::Relaxed) {
+            return None;
+        }
         let mut list = lock(&self.classes[class]);
-        let slab = self.class_slab(&mut list, class)?;
-        // SAFETY: class lock held; the slab serves this class.
+        if list.head.is_null() {
+            return None;
+        }
+        let slab = list.head;
+        // SAFETY: class lock held; list members serve this class.
         let batch = unsafe {
             (*slab).with(|s| {
                 let b = s.take(want);
@@ -118,7 +126,30 @@ impl ArenaState {
                 b
             })
         };
+        self.publish(class, &list);
         Some(batch)
+    }
+
+    /// Makes the free slab `idx` of `ss` serve `class` and hands its whole
+    /// uncarved range to the caller's cache. The slab goes on no list (it
+    /// has nothing left), so no class lock is needed: nobody else can reach
+    /// it until one of its blocks is freed, which happens after this.
+    ///
+    /// # Safety
+    /// The caller took the slab from this arena's pool and owns it.
+    pub(crate) unsafe fn fresh_slab(
+        &self,
+        ss: *const SuperSlab,
+        idx: usize,
+        class: usize,
+    ) -> Batch {
+        // SAFETY: the slab is ours alone (contract).
+        unsafe {
+            (*ss).slabs[idx].with(|s| {
+                init_slab(s, ss, idx, class);
+                s.take(u32::MAX)
+            })
+        }
     }
 
     /// Takes a single block of `class` (threads without a cache).
@@ -146,6 +177,7 @@ impl ArenaState {
                 b
             })
         };
+        self.publish(class, &list);
         Some(b)
     }
 
@@ -182,6 +214,7 @@ impl ArenaState {
                 unsafe { lock(&self.pool).release_slab(ss, idx) };
             }
         }
+        self.publish(class, &list);
     }
 
     /// Frees one block straight to its slab (threads without a cache).
@@ -219,6 +252,7 @@ impl ArenaState {
             // SAFETY: the slab is empty and marked free.
             unsafe { lock(&self.pool).release_slab(ss, idx) };
         }
+        self.publish(class, &list);
     }
 }
 
@@ -237,4 +271,18 @@ unsafe fn leave_class(list: &mut ClassList, s: &mut SlabState) -> bool {
     }
     s.use_ = Use::Free;
     true
+}
+
+/// Lays out slab `idx` of `ss` for `class`. In slab 0 the blocks start after
+/// the metadata, at the class's alignment.
+fn init_slab(s: &mut SlabState, ss: *const SuperSlab, idx: usize, class: usize) {
+    let slab_start = SuperSlab::slab_start(ss, idx);
+    let size = CLASS_SIZE[class];
+    let align = CLASS_ALIGN[class] as usize;
+    let start = if idx == 0 {
+        slab_start.wrapping_add(META.next_multiple_of(align))
+    } else {
+        slab_start
+    };
+    s.init_class(class as u8, size, start, slab_start.wrapping_add(SLAB_SIZE));
 }

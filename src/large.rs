@@ -15,6 +15,7 @@
 
 use crate::arena::ArenaState;
 use crate::os::{self, PAGE};
+use crate::pool::Pool;
 use crate::slab::SLAB_SIZE;
 use crate::superslab::{SuperSlab, SLABS};
 use crate::sync::lock;
@@ -179,20 +180,21 @@ impl ArenaState {
             }
         }
     }
+}
 
-    /// Unmaps every huge block; used when the arena is dropped.
-    ///
-    /// # Safety
-    /// No huge block of this arena is used afterwards.
-    pub(crate) unsafe fn unmap_all_huge(&self) {
-        let mut h = core::mem::replace(&mut lock(&self.pool).huge, null_mut());
-        while !h.is_null() {
-            // SAFETY: list members are live until unmapped here.
-            let (base, len, align, next) = unsafe { ((*h).base, (*h).len, (*h).align, (*h).next) };
-            // SAFETY: the mapping was made with these values and is unused.
-            unsafe { os::unmap(base, len, align) };
-            h = next;
-        }
+/// Unmaps every huge block of a pool; used when its arena is dropped.
+///
+/// # Safety
+/// No huge block of the pool is used afterwards.
+pub(crate) unsafe fn unmap_all_huge(pool: &mut Pool) {
+    let mut h = core::mem::replace(&mut pool.huge, null_mut());
+    pool.huge_bytes = 0;
+    while !h.is_null() {
+        // SAFETY: list members are live until unmapped here.
+        let (base, len, align, next) = unsafe { ((*h).base, (*h).len, (*h).align, (*h).next) };
+        // SAFETY: the mapping was made with these values and is unused.
+        unsafe { os::unmap(base, len, align) };
+        h = next;
     }
 }
 
