@@ -4,6 +4,7 @@ use crate::cache::{SlotChunk, ThreadCache, CHUNKS, INLINE_SLOTS};
 use crate::central::ClassList;
 use crate::large;
 use crate::pool::Pool;
+use crate::recycle;
 use crate::registry::{self, RegLinks};
 use crate::size_class::NUM_CLASSES;
 use crate::superslab::{SuperSlab, META, SUPERSLAB_SIZE};
@@ -29,6 +30,11 @@ pub(crate) struct ArenaState {
     /// The first thread's cache, so a one-thread arena allocates none.
     pub(crate) first_cache: ThreadCache,
     pub(crate) first_cache_taken: AtomicBool,
+    /// Set once any thread but the first made a cache here.
+    pub(crate) shared: AtomicBool,
+    /// Set when slabs changed other than by a cache's first fresh slab of a
+    /// class (see [`crate::recycle`]): reset must then visit every slab.
+    pub(crate) dirty: AtomicBool,
     pub(crate) pool: Mutex<Pool>,
     pub(crate) reg: UnsafeCell<RegLinks>,
 }
@@ -150,10 +156,25 @@ impl fmt::Debug for SmallMidArena {
 
 impl Drop for SmallMidArena {
     fn drop(&mut self) {
-        let state = self.state.as_ptr();
-        // SAFETY: we hold the last handle, so no allocation or free of ours
-        // is in flight; after `unregister` no exiting thread visits the
-        // state, so it may be destroyed and its memory handed on.
+        registry::count_live(-1);
+        // SAFETY: we hold the only handle, so no allocation or free of ours
+        // is in flight and every block is dead from now on.
+        unsafe {
+            if !recycle::keep(self.state.as_ptr()) {
+                ArenaState::destroy(self.state.as_ptr());
+            }
+        }
+    }
+}
+
+impl ArenaState {
+    /// Releases an arena: huge blocks to the OS, SuperSlabs to the warm cache.
+    ///
+    /// # Safety
+    /// No handle to the arena remains and none of its blocks is used again.
+    pub(crate) unsafe fn destroy(state: *mut ArenaState) {
+        // SAFETY: after `unregister` no exiting thread visits the state, so
+        // it may be destroyed and its memory handed on.
         unsafe {
             registry::unregister(state);
             let superslabs = {
@@ -226,6 +247,11 @@ impl Builder {
         if self.memory_limit < SUPERSLAB_SIZE {
             return Err(AllocError);
         }
+        // SAFETY: a spare has no handle; this becomes its only one.
+        if let Some(state) = unsafe { recycle::take(self.memory_limit) } {
+            registry::count_live(1);
+            return Ok(SmallMidArena { state });
+        }
         let base = warm::acquire().ok_or(AllocError)?.as_ptr();
         // SAFETY: the SuperSlab is ours; the state fits in its META area
         // (asserted above) right after the header.
@@ -239,10 +265,13 @@ impl Builder {
                 nonempty: core::array::from_fn(|_| AtomicBool::new(false)),
                 first_cache: ThreadCache::new(),
                 first_cache_taken: AtomicBool::new(false),
+                shared: AtomicBool::new(false),
+                dirty: AtomicBool::new(false),
                 pool: Mutex::new(Pool::new(state, home, self.memory_limit)),
                 reg: UnsafeCell::new(RegLinks::new()),
             });
             registry::register(state);
+            registry::count_live(1);
             Ok(SmallMidArena {
                 state: NonNull::new_unchecked(state),
             })

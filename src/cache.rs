@@ -21,8 +21,9 @@
 use crate::arena::ArenaState;
 use crate::registry;
 use crate::size_class::{index_for_size, CACHE_CAP, CLASS_ALIGN, CLASS_SIZE, NUM_CLASSES};
+use crate::slab::SLAB_SIZE;
 use crate::slab::{next_of, set_next, Batch};
-use crate::superslab::SuperSlab;
+use crate::superslab::{SuperSlab, META};
 use crate::sync::lock;
 use crate::sync::{thread_local_const, AtomicPtr, Ordering, UnsafeCell};
 use core::cell::Cell;
@@ -107,10 +108,17 @@ impl ThreadCache {
 
 struct ThreadGuard {
     tid: Cell<u32>,
+    /// This thread's recycled arena, if any (see [`crate::recycle`]).
+    spare: Cell<*mut ArenaState>,
 }
 
 impl Drop for ThreadGuard {
     fn drop(&mut self) {
+        let spare = self.spare.replace(null_mut());
+        if !spare.is_null() {
+            // SAFETY: a spare arena has no handle; only this slot holds it.
+            unsafe { ArenaState::destroy(spare) };
+        }
         let tid = self.tid.get();
         if tid != NO_TID {
             let _ = TID.try_with(|t| t.set(DEAD));
@@ -126,7 +134,7 @@ thread_local_const! {
 }
 thread_local_const! {
     /// Registered on first use; its destructor returns the thread's caches.
-    static GUARD: ThreadGuard = ThreadGuard { tid: Cell::new(NO_TID) };
+    static GUARD: ThreadGuard = ThreadGuard { tid: Cell::new(NO_TID), spare: Cell::new(null_mut()) };
 }
 
 #[inline(always)]
@@ -212,6 +220,7 @@ impl ArenaState {
             let mem = self.alloc_one(CACHE_CLASS)?.cast::<ThreadCache>();
             // SAFETY: a fresh block of a class that fits a cache.
             unsafe { mem.write(ThreadCache::new()) };
+            self.shared.store(true, Ordering::Relaxed);
             mem
         };
         slot.store(mem, Ordering::Release);
@@ -270,9 +279,13 @@ impl ArenaState {
                     return Some(b);
                 }
                 debug_assert!(l.head.is_null());
+                let had_range = !l.end.is_null();
                 let batch = match self.refill(class, CACHE_CAP[class] / 2) {
                     Some(batch) => batch,
                     None => {
+                        if had_range {
+                            self.mark_dirty(); // a second fresh slab for this class
+                        }
                         if i.stashed == 0 {
                             i.stashed = lock(&self.pool).take_slabs(&mut i.stash);
                             if i.stashed == 0 {
@@ -399,4 +412,79 @@ impl ArenaState {
             })
         }
     }
+}
+
+/// Swaps this thread's spare arena for `new` (null to take it). Returns the
+/// old one, or `new` itself back when this thread cannot hold a spare.
+pub(crate) fn swap_spare(new: *mut ArenaState) -> *mut ArenaState {
+    if current_tid() as usize >= MAX_TIDS {
+        return new;
+    }
+    GUARD.try_with(|g| g.spare.replace(new)).unwrap_or(new)
+}
+
+impl ArenaState {
+    /// Whether the only front cache of this arena is the calling thread's.
+    pub(crate) fn used_by_this_thread_only(&self) -> bool {
+        let tid = current_tid() as usize;
+        !self.shared.load(Ordering::Relaxed)
+            && self
+                .slot(tid, false)
+                .is_some_and(|s| core::ptr::eq(s.load(Ordering::Relaxed), &self.first_cache))
+    }
+
+    /// Fast reset: the cache's ranges are the only slabs in use, untouched
+    /// by the central lists, so rewinding each range frees every block.
+    ///
+    /// # Safety
+    /// As for [`Self::reset_first_cache`], and the arena is not dirty.
+    pub(crate) unsafe fn rewind_first_cache(&self) {
+        // SAFETY: the calling thread owns this cache (contract).
+        unsafe {
+            self.first_cache.with(|i| {
+                for (class, l) in i.lists.iter_mut().enumerate() {
+                    l.head = null_mut();
+                    l.count = 0;
+                    if !l.end.is_null() {
+                        l.bump = l.end.wrapping_sub(range_len(l.end, class));
+                    }
+                }
+            })
+        }
+    }
+
+    /// Empties the calling thread's cache, then gives it, per class, the
+    /// whole range of `slab` (a freshly reset slab).
+    ///
+    /// # Safety
+    /// The calling thread owns `first_cache`; the arena has no live block.
+    pub(crate) unsafe fn reset_first_cache(
+        &self,
+        mut range_for: impl FnMut(usize) -> Option<(*mut u8, *mut u8)>,
+    ) {
+        // SAFETY: the calling thread owns this cache (contract).
+        unsafe {
+            self.first_cache.with(|i| {
+                for (class, l) in i.lists.iter_mut().enumerate() {
+                    *l = EMPTY;
+                    if let Some((bump, end)) = range_for(class) {
+                        l.bump = bump;
+                        l.end = end;
+                    }
+                }
+            })
+        }
+    }
+}
+
+/// Length of the whole range of the class slab whose range ends at `end`.
+fn range_len(end: *mut u8, class: usize) -> usize {
+    let slab_base = (end as usize - 1) & !(SLAB_SIZE - 1);
+    let size = CLASS_SIZE[class] as usize;
+    let start = if SuperSlab::slab_index(slab_base) == 0 {
+        slab_base + META.next_multiple_of(CLASS_ALIGN[class] as usize)
+    } else {
+        slab_base
+    };
+    (SLAB_SIZE - (start - slab_base)) / size * size
 }

@@ -33,6 +33,11 @@ impl ClassList {
         ClassList { head: null() }
     }
 
+    /// Forgets every slab on the list (their states are reset elsewhere).
+    pub(crate) fn clear(&mut self) {
+        self.head = null();
+    }
+
     /// # Safety
     /// Class lock held; `s` is the state of `slab`, not on the list.
     unsafe fn push(&mut self, slab: *const Slab, s: &mut SlabState) {
@@ -102,6 +107,13 @@ impl ArenaState {
     #[inline]
     fn publish(&self, class: usize, list: &ClassList) {
         self.nonempty[class].store(!list.head.is_null(), Ordering::Relaxed);
+        self.mark_dirty();
+    }
+
+    /// Notes that slab states changed (see [`crate::recycle`]).
+    #[inline]
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
     }
 
     /// Takes up to `want` reusable blocks of `class` for a front cache, or

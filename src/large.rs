@@ -80,6 +80,7 @@ pub(crate) unsafe fn huge_header(block: *mut u8) -> *mut HugeHeader {
 impl ArenaState {
     /// Allocates a block that no size class serves.
     pub(crate) fn alloc_large(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        self.mark_dirty();
         match kind(layout.size(), layout.align()) {
             Kind::Span { slabs, step } => {
                 let (ss, idx) = lock(&self.pool).take_span(slabs, step).ok_or(AllocError)?;

@@ -13,6 +13,7 @@ mod central;
 mod large;
 mod os;
 mod pool;
+mod recycle;
 mod registry;
 mod size_class;
 mod slab;

@@ -17,7 +17,7 @@
 //! lock, then the warm cache.
 
 use crate::arena::ArenaState;
-use crate::sync::{global, lock, Mutex};
+use crate::sync::{global, lock, AtomicU64, Mutex, Ordering};
 use core::ptr::null;
 
 /// Links of an arena in the registry (registry lock).
@@ -38,7 +38,6 @@ impl RegLinks {
 
 struct Registry {
     head: *const ArenaState,
-    live: usize,
     next_id: u64,
     /// Bit set: thread index in use.
     tids: Vec<u64>,
@@ -50,7 +49,6 @@ unsafe impl Send for Registry {}
 global! {
     static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
         head: null(),
-        live: 0,
         next_id: 1,
         tids: Vec::new(),
     });
@@ -84,7 +82,6 @@ pub(crate) unsafe fn register(a: *const ArenaState) -> u64 {
         }
     }
     r.head = a;
-    r.live += 1;
     id
 }
 
@@ -106,12 +103,25 @@ pub(crate) unsafe fn unregister(a: *const ArenaState) {
             links(next, |l| l.prev = prev);
         }
     }
-    r.live -= 1;
+}
+
+global! {
+    /// Arenas whose handle is alive (a recycled spare is not).
+    static LIVE: AtomicU64 = AtomicU64::new(0);
+}
+
+/// Counts an arena handle made (`+1`) or dropped (`-1`).
+pub(crate) fn count_live(delta: i64) {
+    if delta > 0 {
+        LIVE.fetch_add(delta as u64, Ordering::Relaxed);
+    } else {
+        LIVE.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+    }
 }
 
 /// Number of live arenas.
 pub(crate) fn live_arenas() -> usize {
-    lock(&REGISTRY).live
+    LIVE.load(Ordering::Relaxed) as usize
 }
 
 /// Takes the lowest free thread index.

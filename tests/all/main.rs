@@ -2,6 +2,7 @@
 
 mod collections;
 mod model;
+mod recycle;
 mod shadow;
 mod threads;
 
