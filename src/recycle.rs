@@ -66,8 +66,8 @@ pub(crate) unsafe fn keep(state: *mut ArenaState) -> bool {
 /// The caller makes the returned state its handle's.
 pub(crate) unsafe fn take(limit: usize) -> Option<NonNull<ArenaState>> {
     let p = NonNull::new(cache::swap_spare(null_mut()))?;
-    // SAFETY: spares are live until destroyed.
     let fits = {
+        // SAFETY: spares are live until destroyed.
         let mut pool = lock(unsafe { &p.as_ref().pool });
         let fits = pool.held_bytes() <= limit;
         if fits {
