@@ -415,19 +415,70 @@ fn xthread<P: Peer>(scale: f64) -> Option<Run> {
         });
     };
     let mut sizes = Sizes::new(256, 1024, 4);
-    run(100_000, &mut sizes);
+    run(1_000_000, &mut sizes);
     let n = (5_000_000.0 * scale) as usize;
     Some(timed(n as u64, || run(n, &mut sizes)))
 }
 
+/// A small node, as a tree or list would hold.
+#[derive(Clone, Copy)]
+struct Node(#[allow(dead_code)] [u64; 4]); // the payload: written, never read
+
+/// Allocate 1M small boxed values into a `Vec`, then drop them all.
+fn boxes(peer: &str, scale: f64) -> Run {
+    let n = (1_000_000.0 * scale) as usize;
+    fn go<B>(n: usize, mut make: impl FnMut(usize) -> B) -> Run {
+        let mut keep = Vec::with_capacity(n);
+        let mut round = |keep: &mut Vec<B>| {
+            keep.extend((0..n).map(&mut make));
+            core::hint::black_box(&keep);
+            keep.clear();
+        };
+        round(&mut keep);
+        timed(n as u64, || round(&mut keep))
+    }
+    let node = |i: usize| Node([i as u64; 4]);
+    match peer {
+        "ArenaBox" => {
+            let arena = smallmid::SmallMidArena::new();
+            go(n, |i| arena.alloc(node(i)))
+        }
+        "Box<T, &SmallMidArena>" => {
+            let arena = smallmid::SmallMidArena::new();
+            go(n, |i| allocator_api2::boxed::Box::new_in(node(i), &arena))
+        }
+        "Box (glibc)" => go(n, |i| Box::new(node(i))),
+        "bumpalo Box" => {
+            let bump = bumpalo::Bump::new();
+            go(n, |i| bumpalo::boxed::Box::new_in(node(i), &bump))
+        }
+        _ => panic!("unknown peer {peer}"),
+    }
+}
+const BOX_PEERS: [&str; 4] = [
+    "ArenaBox",
+    "Box<T, &SmallMidArena>",
+    "Box (glibc)",
+    "bumpalo Box",
+];
+
 // ---------------------------------------------------------------- driver
 
-const WORKLOADS: [(&str, &str); 4] = [
+const WORKLOADS: [(&str, &str); 5] = [
     ("churn", "mimalloc"),
     ("fill-drop", "mimalloc heap"),
     ("per-request", "bumpalo"),
     ("xthread", "mimalloc"),
+    ("boxes", "Box (glibc)"),
 ];
+
+fn peers_of(workload: &str) -> &'static [&'static str] {
+    if workload == "boxes" {
+        &BOX_PEERS
+    } else {
+        &PEERS
+    }
+}
 const PEERS: [&str; 6] = [
     "smallmid",
     "mimalloc",
@@ -448,7 +499,20 @@ fn run_peer<P: Peer>(workload: &str, scale: f64) -> Option<Run> {
 }
 
 fn child(workload: &str, peer: &str, scale: f64) {
-    let r = match peer {
+    let r = if workload == "boxes" {
+        Some(boxes(peer, scale))
+    } else {
+        match_peer(workload, peer, scale)
+    };
+    let (_, maxrss) = rusage();
+    match r {
+        Some(r) => println!("RESULT {} {} {} {}", r.ns, r.ops, r.faults, maxrss),
+        None => println!("RESULT n/a"),
+    }
+}
+
+fn match_peer(workload: &str, peer: &str, scale: f64) -> Option<Run> {
+    match peer {
         "smallmid" => run_peer::<smallmid::SmallMidArena>(workload, scale),
         "mimalloc" => run_peer::<MiGlobal>(workload, scale),
         "mimalloc heap" => run_peer::<MiHeap>(workload, scale),
@@ -456,11 +520,6 @@ fn child(workload: &str, peer: &str, scale: f64) {
         "bumpalo" => run_peer::<bumpalo::Bump>(workload, scale),
         "blink-alloc" => run_peer::<Blink>(workload, scale),
         _ => panic!("unknown peer {peer}"),
-    };
-    let (_, maxrss) = rusage();
-    match r {
-        Some(r) => println!("RESULT {} {} {} {}", r.ns, r.ops, r.faults, maxrss),
-        None => println!("RESULT n/a"),
     }
 }
 
@@ -504,7 +563,7 @@ fn main() {
             if only.as_deref().is_some_and(|o| o != *w) {
                 continue;
             }
-            for (pi, p) in PEERS.iter().enumerate() {
+            for (pi, p) in peers_of(w).iter().enumerate() {
                 let out = Command::new(&exe)
                     .args(["--child", w, "--peer", p, "--scale", &scale.to_string()])
                     .output()
@@ -538,12 +597,13 @@ fn main() {
     );
     println!("|---|---|---:|---:|---:|---:|---:|");
     for (wi, (w, reference)) in WORKLOADS.iter().enumerate() {
-        let ri = PEERS.iter().position(|p| p == reference).unwrap();
+        let peers = peers_of(w);
+        let ri = peers.iter().position(|p| p == reference).unwrap();
         let Some(r) = results.get(&(wi, ri)) else {
             continue;
         };
         let ref_ns = median(&r.ns_per_op);
-        for (pi, p) in PEERS.iter().enumerate() {
+        for (pi, p) in peers.iter().enumerate() {
             let s = &results[&(wi, pi)];
             if s.na {
                 println!("| {w} | {p} | n/a | | | | |");

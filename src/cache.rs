@@ -280,7 +280,7 @@ impl ArenaState {
                 }
                 debug_assert!(l.head.is_null());
                 let had_range = !l.end.is_null();
-                let batch = match self.refill(class, CACHE_CAP[class] / 2) {
+                let batch = match self.refill(class) {
                     Some(batch) => batch,
                     None => {
                         if had_range {
@@ -362,8 +362,10 @@ impl ArenaState {
             c.with(|i| {
                 let l = &mut i.lists[class];
                 if l.count >= CACHE_CAP[class] {
-                    // Flush the most recent half: they are the ones in cache.
-                    let n = CACHE_CAP[class] / 2;
+                    // Flush down to half capacity (a whole-slab refill may
+                    // have left more than capacity). The most recent blocks
+                    // go: they are the ones in this core's cache.
+                    let n = l.count - CACHE_CAP[class] / 2;
                     let head = l.head;
                     let mut last = head;
                     for _ in 1..n {

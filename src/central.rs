@@ -116,10 +116,10 @@ impl ArenaState {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
-    /// Takes up to `want` reusable blocks of `class` for a front cache, or
+    /// Takes a slab's reusable blocks of `class` for a front cache, or
     /// `None` if no slab of the class has any. Lock-free when the class
     /// looks empty: a stale answer only means a fresh slab is used instead.
-    pub(crate) fn refill(&self, class: usize, want: u32) -> Option<Batch> {
+    pub(crate) fn refill(&self, class: usize) -> Option<Batch> {
         if !self.nonempty[class].load(Ordering::Relaxed) {
             return None;
         }
@@ -131,7 +131,7 @@ impl ArenaState {
         // SAFETY: class lock held; list members serve this class.
         let batch = unsafe {
             (*slab).with(|s| {
-                let b = s.take(want);
+                let b = s.take();
                 if !s.available() {
                     list.remove(s);
                 }
@@ -159,7 +159,7 @@ impl ArenaState {
         unsafe {
             (*ss).slabs[idx].with(|s| {
                 init_slab(s, ss, idx, class);
-                s.take(u32::MAX)
+                s.take()
             })
         }
     }

@@ -1,13 +1,14 @@
 //! A fast arena allocator for small and mid-sized objects.
 //!
 //! See [`SmallMidArena`] and the README for the design.
-#![cfg_attr(feature = "nightly", feature(allocator_api))]
+#![cfg_attr(feature = "nightly", feature(allocator_api, coerce_unsized, unsize))]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod api;
 mod arena;
+mod boxed;
 mod cache;
 mod central;
 mod large;
@@ -24,6 +25,7 @@ mod warm;
 
 pub use allocator_api2::alloc::{AllocError, Allocator};
 pub use arena::{Builder, SmallMidArena};
+pub use boxed::ArenaBox;
 pub use stats::{global_stats, trim_warm_cache, GlobalStats, Stats};
 
 #[doc(hidden)]

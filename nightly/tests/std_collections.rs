@@ -17,3 +17,12 @@ fn std_vec_and_box_in_an_arena() {
     w.push(s);
     assert_eq!(w[0], "fine");
 }
+
+#[test]
+fn arena_box_coerces_to_dyn_and_slices() {
+    let arena = smallmid::SmallMidArena::new();
+    let d: smallmid::ArenaBox<'_, dyn std::fmt::Display> = arena.alloc(5u32);
+    assert_eq!(d.to_string(), "5");
+    let s: smallmid::ArenaBox<'_, [u8]> = arena.alloc([1u8, 2, 3]);
+    assert_eq!(s.len(), 3);
+}

@@ -1,5 +1,6 @@
 //! One integration-test binary, a module per area.
 
+mod boxed;
 mod collections;
 mod model;
 mod recycle;
