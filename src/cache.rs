@@ -383,8 +383,16 @@ impl ArenaState {
         }
     }
 
+    /// Returns what the calling thread's cache holds to the arena.
+    pub(crate) fn flush_current_thread(&self) {
+        let tid = current_tid();
+        if (tid as usize) < MAX_TIDS {
+            self.flush_thread(tid);
+        }
+    }
+
     /// Returns everything the cache of thread `tid` holds. Called by that
-    /// thread as it exits, under the registry lock.
+    /// thread only: as it exits (under the registry lock), or on request.
     pub(crate) fn flush_thread(&self, tid: u32) {
         let Some(slot) = self.slot(tid as usize, false) else {
             return;

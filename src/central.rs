@@ -33,6 +33,10 @@ impl ClassList {
         ClassList { head: null() }
     }
 
+    pub(crate) fn head(&self) -> *const Slab {
+        self.head
+    }
+
     /// Forgets every slab on the list (their states are reset elsewhere).
     pub(crate) fn clear(&mut self) {
         self.head = null();

@@ -8,6 +8,7 @@
 
 mod api;
 mod arena;
+mod audit;
 mod boxed;
 mod cache;
 mod central;
@@ -25,6 +26,8 @@ mod warm;
 
 pub use allocator_api2::alloc::{AllocError, Allocator};
 pub use arena::{Builder, SmallMidArena};
+#[doc(hidden)]
+pub use audit::Audit;
 pub use boxed::ArenaBox;
 pub use stats::{global_stats, trim_warm_cache, GlobalStats, Stats};
 

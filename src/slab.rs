@@ -225,6 +225,13 @@ impl SlabState {
     #[inline]
     pub(crate) fn debug_check(&self) {
         if cfg!(debug_assertions) {
+            self.check();
+        }
+    }
+
+    /// Asserts the invariant (see the module docs).
+    pub(crate) fn check(&self) {
+        {
             if let Use::Class(_) = self.use_ {
                 let uncarved = (self.end as usize - self.bump as usize) / self.size as usize;
                 assert_eq!(

@@ -69,6 +69,25 @@ fn run(seed: u64, ops: usize) {
         }
     }
     shadow.verify_all();
+    let live_small =
+        shadow.count(|l| l.size() > 0 && l.size() <= 32 << 10 && l.align() <= 32 << 10);
+    arena.flush_thread_cache();
+    let audit = arena.audit();
+    assert_eq!(
+        audit.blocks_out, live_small,
+        "{audit:?}: blocks out of slabs != live small blocks"
+    );
+    if seed % 2 == 0 {
+        shadow.free_all(&arena);
+        arena.flush_thread_cache();
+        let audit = arena.audit();
+        assert_eq!(
+            (audit.blocks_out, audit.class_slabs, audit.span_slabs),
+            (0, 0, 0),
+            "{audit:?}"
+        );
+        return;
+    }
     // Free half, drop the arena with the rest live: whole-arena release.
     for _ in 0..shadow.len() / 2 {
         let live = shadow.take_nth(0).unwrap();

@@ -85,6 +85,11 @@ impl Shadow {
         }
     }
 
+    /// Live blocks whose layout satisfies `f`.
+    pub fn count(&self, f: impl Fn(&Layout) -> bool) -> usize {
+        self.blocks.values().filter(|b| f(&b.layout)).count()
+    }
+
     pub fn verify_all(&self) {
         self.blocks.values().for_each(|b| self.verify(b));
     }

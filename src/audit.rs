@@ -1,0 +1,138 @@
+//! A whole-arena consistency check, for tests and debugging.
+//!
+//! [`SmallMidArena::audit`] takes every lock of the arena (class locks in
+//! order, then the pool's, as everywhere) and checks every structure's
+//! invariant against the others; it panics with a message naming the first
+//! one broken.
+
+use crate::arena::SmallMidArena;
+use crate::central::ClassList;
+use crate::slab::{Slab, Use};
+use crate::superslab::{SuperSlab, SLABS};
+use crate::sync::{lock, Ordering};
+
+/// What [`SmallMidArena::audit`] counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Audit {
+    /// Slab blocks out of their slabs: with users or in front caches.
+    pub blocks_out: usize,
+    /// Slabs serving a size class.
+    pub class_slabs: usize,
+    /// Slabs in large spans.
+    pub span_slabs: usize,
+    /// Free slabs in the pool.
+    pub free_slabs: usize,
+    /// SuperSlabs held.
+    pub superslabs: usize,
+}
+
+impl SmallMidArena {
+    /// Checks every invariant of the arena and counts what it holds.
+    ///
+    /// # Panics
+    /// If an invariant is broken (a bug or a misuse that corrupted memory).
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::new();
+    /// let b = arena.alloc(1u64);
+    /// assert!(arena.audit().blocks_out >= 1);
+    /// drop(b);
+    /// arena.flush_thread_cache();
+    /// assert_eq!(arena.audit().blocks_out, 0);
+    /// ```
+    #[doc(hidden)]
+    pub fn audit(&self) -> Audit {
+        let st = self.state();
+        let lists: Vec<_> = st.classes.iter().map(lock).collect();
+        let pool = lock(&st.pool);
+        let mut a = Audit {
+            superslabs: pool.superslabs,
+            ..Audit::default()
+        };
+        let mut on_lists = vec![0usize; lists.len()];
+        for ss in pool.all_superslabs() {
+            let ss = ss.as_ptr() as *const SuperSlab;
+            // SAFETY: pool lock held; the header is live.
+            let mask = unsafe { SuperSlab::links(ss, |l| l.free_mask) };
+            // SAFETY: as above.
+            assert!(
+                core::ptr::eq(unsafe { (*ss).arena }, st),
+                "SuperSlab owned by another arena"
+            );
+            for idx in 0..SLABS {
+                let free_bit = mask & (1 << idx) != 0;
+                // SAFETY: every lock of the arena is held.
+                unsafe {
+                    (*ss).slabs[idx].with(|s| match s.use_ {
+                        Use::Free => a.free_slabs += 1,
+                        Use::Class(c) => {
+                            assert!(!free_bit, "class slab marked free in the pool");
+                            s.check();
+                            a.class_slabs += 1;
+                            a.blocks_out += s.used as usize;
+                            assert_eq!(
+                                s.in_partial,
+                                s.available(),
+                                "a class slab is listed iff it has blocks"
+                            );
+                            if s.in_partial {
+                                on_lists[c as usize] += 1;
+                            }
+                        }
+                        Use::SpanHead(_) | Use::SpanTail => {
+                            assert!(!free_bit, "span slab marked free in the pool");
+                            a.span_slabs += 1;
+                        }
+                    })
+                };
+            }
+        }
+        for (class, list) in lists.iter().enumerate() {
+            let mut n = 0;
+            list.for_each(|slab: *const Slab| {
+                // SAFETY: all locks held; list members are live slabs.
+                unsafe {
+                    (*slab).with(|s| {
+                        assert_eq!(
+                            s.use_,
+                            Use::Class(class as u8),
+                            "slab on the wrong class list"
+                        );
+                        assert!(
+                            s.available() && s.in_partial,
+                            "listed slab has nothing available"
+                        );
+                    })
+                };
+                n += 1;
+            });
+            assert_eq!(
+                n, on_lists[class],
+                "class {class}: list length disagrees with the slabs"
+            );
+            assert_eq!(
+                st.nonempty[class].load(Ordering::Relaxed),
+                n > 0,
+                "class {class}: stale hint"
+            );
+        }
+        a
+    }
+}
+
+impl ClassList {
+    /// Visits every slab on the list (class lock held by the caller).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(*const Slab)) {
+        let mut p = self.head();
+        let mut guard = 0usize;
+        while !p.is_null() {
+            f(p);
+            // SAFETY: list members are live; the caller holds the lock.
+            p = unsafe { (*p).with(|s| s.next) };
+            guard += 1;
+            assert!(guard < 1 << 24, "class list does not end: corrupted");
+        }
+    }
+}
