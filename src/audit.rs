@@ -57,10 +57,8 @@ impl SmallMidArena {
             // SAFETY: pool lock held; the header is live.
             let mask = unsafe { SuperSlab::links(ss, |l| l.free_mask) };
             // SAFETY: as above.
-            assert!(
-                core::ptr::eq(unsafe { (*ss).arena }, st),
-                "SuperSlab owned by another arena"
-            );
+            let owner = unsafe { (*ss).arena };
+            assert!(core::ptr::eq(owner, st), "SuperSlab owned by another arena");
             for idx in 0..SLABS {
                 let free_bit = mask & (1 << idx) != 0;
                 // SAFETY: every lock of the arena is held.
