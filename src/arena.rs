@@ -8,7 +8,7 @@ use crate::recycle;
 use crate::registry::{self, RegLinks};
 use crate::size_class::NUM_CLASSES;
 use crate::superslab::{SuperSlab, META, SUPERSLAB_SIZE};
-use crate::sync::{lock, AtomicBool, AtomicPtr, Mutex, UnsafeCell};
+use crate::sync::{lock, AtomicBool, AtomicPtr, AtomicU64, Mutex, UnsafeCell};
 use crate::warm;
 use allocator_api2::alloc::AllocError;
 use core::fmt;
@@ -35,6 +35,8 @@ pub(crate) struct ArenaState {
     /// Set when slabs changed other than by a cache's first fresh slab of a
     /// class (see [`crate::recycle`]): reset must then visit every slab.
     pub(crate) dirty: AtomicBool,
+    /// Blocks of this arena holding its own metadata (caches, slot chunks).
+    pub(crate) meta_blocks: AtomicU64,
     pub(crate) pool: Mutex<Pool>,
     pub(crate) reg: UnsafeCell<RegLinks>,
 }
@@ -282,6 +284,7 @@ impl Builder {
                 first_cache_taken: AtomicBool::new(false),
                 shared: AtomicBool::new(false),
                 dirty: AtomicBool::new(false),
+                meta_blocks: AtomicU64::new(0),
                 pool: Mutex::new(Pool::new(state, home, self.memory_limit)),
                 reg: UnsafeCell::new(RegLinks::new()),
             });

@@ -7,15 +7,19 @@
 
 use crate::arena::SmallMidArena;
 use crate::central::ClassList;
+use crate::size_class::{class_for, NUM_CLASSES};
 use crate::slab::{Slab, Use};
 use crate::superslab::{SuperSlab, SLABS};
 use crate::sync::{lock, Ordering};
 
 /// What [`SmallMidArena::audit`] counted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Audit {
-    /// Slab blocks out of their slabs: with users or in front caches.
+    /// Slabs per size class.
+    per_class: [u32; NUM_CLASSES],
+    /// Slab blocks out of their slabs, with users or in front caches (not
+    /// counting the arena's own metadata blocks).
     pub blocks_out: usize,
     /// Slabs serving a size class.
     pub class_slabs: usize,
@@ -25,6 +29,13 @@ pub struct Audit {
     pub free_slabs: usize,
     /// SuperSlabs held.
     pub superslabs: usize,
+}
+
+impl Audit {
+    /// Slabs serving the size class of `layout` (0 if no class serves it).
+    pub fn slabs_for(&self, layout: core::alloc::Layout) -> usize {
+        class_for(layout.size(), layout.align()).map_or(0, |c| self.per_class[c] as usize)
+    }
 }
 
 impl SmallMidArena {
@@ -48,8 +59,12 @@ impl SmallMidArena {
         let lists: Vec<_> = st.classes.iter().map(lock).collect();
         let pool = lock(&st.pool);
         let mut a = Audit {
+            per_class: [0; NUM_CLASSES],
+            blocks_out: 0,
+            class_slabs: 0,
+            span_slabs: 0,
+            free_slabs: 0,
             superslabs: pool.superslabs,
-            ..Audit::default()
         };
         let mut on_lists = vec![0usize; lists.len()];
         for ss in pool.all_superslabs() {
@@ -69,6 +84,7 @@ impl SmallMidArena {
                             assert!(!free_bit, "class slab marked free in the pool");
                             s.check();
                             a.class_slabs += 1;
+                            a.per_class[c as usize] += 1;
                             a.blocks_out += s.used as usize;
                             assert_eq!(
                                 s.in_partial,
@@ -87,6 +103,11 @@ impl SmallMidArena {
                 };
             }
         }
+        let meta = st.meta_blocks.load(Ordering::Relaxed) as usize;
+        a.blocks_out = a
+            .blocks_out
+            .checked_sub(meta)
+            .expect("metadata blocks missing from their slabs");
         for (class, list) in lists.iter().enumerate() {
             let mut n = 0;
             list.for_each(|slab: *const Slab| {

@@ -173,7 +173,10 @@ impl ArenaState {
             // SAFETY: a fresh block of a class that fits a chunk.
             unsafe { mem.write(core::array::from_fn(|_| AtomicPtr::new(null_mut()))) };
             match cell.compare_exchange(null_mut(), mem, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => chunk = mem,
+                Ok(_) => {
+                    self.meta_blocks.fetch_add(1, Ordering::Relaxed);
+                    chunk = mem;
+                }
                 Err(winner) => {
                     // SAFETY: our chunk was never published.
                     unsafe { self.free_one(CHUNK_CLASS, mem.cast()) };
@@ -221,6 +224,7 @@ impl ArenaState {
             // SAFETY: a fresh block of a class that fits a cache.
             unsafe { mem.write(ThreadCache::new()) };
             self.shared.store(true, Ordering::Relaxed);
+            self.meta_blocks.fetch_add(1, Ordering::Relaxed);
             mem
         };
         slot.store(mem, Ordering::Release);

@@ -36,7 +36,11 @@ const MAX_SUPERSLABS: usize = 4;
 pub(crate) unsafe fn keep(state: *mut ArenaState) -> bool {
     // SAFETY: the state is live until destroyed.
     let a = unsafe { &*state };
-    if !a.used_by_this_thread_only() || lock(&a.pool).superslabs > MAX_SUPERSLABS {
+    // Metadata blocks (slot chunks) live in class slabs that reset reuses.
+    if !a.used_by_this_thread_only()
+        || a.meta_blocks.load(Ordering::Relaxed) != 0
+        || lock(&a.pool).superslabs > MAX_SUPERSLABS
+    {
         return false;
     }
     // SAFETY: exclusive, as checked above and per contract.

@@ -124,6 +124,16 @@ pub(crate) fn live_arenas() -> usize {
     LIVE.load(Ordering::Relaxed) as usize
 }
 
+/// Threads holding an index (threads that used an arena and have not
+/// finished exiting).
+pub(crate) fn threads() -> usize {
+    lock(&REGISTRY)
+        .tids
+        .iter()
+        .map(|w| w.count_ones() as usize)
+        .sum()
+}
+
 /// Takes the lowest free thread index.
 pub(crate) fn acquire_tid() -> u32 {
     let mut r = lock(&REGISTRY);

@@ -76,6 +76,9 @@ pub struct GlobalStats {
     pub superslabs_in_use: usize,
     /// Live arenas.
     pub arenas_alive: usize,
+    /// Threads with a front-cache index: threads that used an arena and
+    /// have not finished exiting.
+    pub threads: usize,
 }
 
 /// Process-wide counters: mappings, the warm cache, live arenas.
@@ -90,6 +93,7 @@ pub fn global_stats() -> GlobalStats {
         warm_limit_bytes: limit * SUPERSLAB_SIZE,
         superslabs_in_use: in_use,
         arenas_alive: registry::live_arenas(),
+        threads: registry::threads(),
     }
 }
 
@@ -112,8 +116,9 @@ impl fmt::Display for GlobalStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "smallmid: {} arenas, {} SuperSlabs in use, {} warm ({:.1} MiB, cap {:.0} MiB), {} mmaps, {} munmaps",
+            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({:.1} MiB, cap {:.0} MiB), {} mmaps, {} munmaps",
             self.arenas_alive,
+            self.threads,
             self.superslabs_in_use,
             self.warm_superslabs,
             self.warm_bytes as f64 / (1 << 20) as f64,

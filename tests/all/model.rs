@@ -191,3 +191,26 @@ fn alignments_up_to_a_mebibyte() {
     shadow.verify_all();
     shadow.free_all(&arena);
 }
+
+#[test]
+fn realloc_sequence_accounts_exactly() {
+    let arena = SmallMidArena::new();
+    let small = Layout::from_size_align(100, 8).unwrap();
+    let b1 = arena.allocate(small).unwrap().cast::<u8>();
+    let b2 = arena.allocate(small).unwrap().cast::<u8>();
+    arena.flush_thread_cache();
+    // SAFETY: b2 allocated with `small`.
+    unsafe { arena.deallocate(b2, small) };
+    arena.flush_thread_cache();
+    let bigger = Layout::from_size_align(110, 8).unwrap();
+    let big = Layout::from_size_align(3000, 8).unwrap();
+    // SAFETY: each step uses the last layout and pointer.
+    unsafe {
+        let g = arena.grow(b1, small, bigger).unwrap().cast::<u8>();
+        let g2 = arena.grow(g, bigger, big).unwrap().cast::<u8>();
+        let s = arena.shrink(g2, big, small).unwrap().cast::<u8>();
+        arena.deallocate(s, small);
+    }
+    arena.flush_thread_cache();
+    assert_eq!(arena.audit().blocks_out, 0);
+}

@@ -1,0 +1,301 @@
+//! Loom models of every cross-thread protocol, over the real engine.
+//!
+//! ```sh
+//! RUSTFLAGS="--cfg loom" cargo test --release --test loom
+//! ```
+//!
+//! Under `cfg(loom)` the engine's `sync` facade hands out loom's mutexes,
+//! atomics, cells and thread-locals, so each model explores the real
+//! code's interleavings (bounded by `LOOM_MAX_PREEMPTIONS`, default 4
+//! here). Slab, cache and pool state live in loom cells: an access not
+//! ordered by the protocol fails the model. Each model also asserts the
+//! arena's accounting afterwards through `audit()`, which checks every
+//! invariant and counts the blocks out of their slabs.
+#![cfg(loom)]
+
+use allocator_api2::alloc::Allocator;
+use core::alloc::Layout;
+use loom::sync::Arc;
+use loom::thread;
+use smallmid::{global_stats, SmallMidArena};
+
+/// Runs `f` as a loom model. The body runs on a spawned thread: loom runs
+/// the main thread's thread-local destructors after its globals are gone,
+/// so the main thread must never touch the engine.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(4);
+    }
+    let f = std::sync::Arc::new(f);
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = runs.clone();
+    let start = std::time::Instant::now();
+    b.check(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let f = f.clone();
+        thread::spawn(move || f()).join().unwrap();
+        // Let every thread's exit flush finish before the model's globals go.
+        eventually(|| global_stats().threads == 0);
+    });
+    let name = std::thread::current().name().unwrap_or("?").to_string();
+    let n = runs.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "loom model {name}: {n} interleavings in {:.1?}",
+        start.elapsed()
+    );
+}
+
+const L256: Layout = match Layout::from_size_align(256, 8) {
+    Ok(l) => l,
+    Err(_) => panic!(),
+};
+const L1K: Layout = match Layout::from_size_align(1000, 8) {
+    Ok(l) => l,
+    Err(_) => panic!(),
+};
+
+/// A live block, with its layout and fill byte. Plain data: `Send`.
+#[derive(Debug)]
+struct Block(usize, Layout, u8);
+
+fn alloc(a: &SmallMidArena, l: Layout, fill: u8) -> Block {
+    let p = a
+        .allocate(l)
+        .expect("allocation failed")
+        .cast::<u8>()
+        .as_ptr();
+    // SAFETY: a fresh block of `l.size()` bytes.
+    unsafe { p.write_bytes(fill, l.size()) };
+    Block(p as usize, l, fill)
+}
+
+fn free(a: &SmallMidArena, b: Block) {
+    let p = b.0 as *mut u8;
+    // SAFETY: a live block of `b.1.size()` bytes, freed once below.
+    let bytes = unsafe { core::slice::from_raw_parts(p, b.1.size()) };
+    assert!(bytes.iter().all(|&x| x == b.2), "block contents changed");
+    // SAFETY: allocated from `a` with `b.1`.
+    unsafe { a.deallocate(core::ptr::NonNull::new_unchecked(p), b.1) };
+}
+
+/// Waits until `done` holds. Loom's `join` returns when a thread's closure
+/// does, before its thread-locals' destructors (our exit flush) finish,
+/// unlike std's; so what an exit returns is awaited, not assumed.
+fn eventually(mut done: impl FnMut() -> bool) {
+    while !done() {
+        thread::yield_now();
+    }
+}
+
+/// Blocks out of their slabs once the caller's cache is flushed.
+fn out(a: &SmallMidArena) -> usize {
+    a.flush_thread_cache();
+    a.audit().blocks_out
+}
+
+/// 1. A remote free (and its flush into the slab) races the owner
+///    returning its cache and refilling from the same slab.
+#[test]
+fn remote_free_races_owner_refill() {
+    model(|| {
+        let arena = Arc::new(SmallMidArena::new());
+        let (b1, b2) = (alloc(&arena, L256, 1), alloc(&arena, L256, 2));
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            free(&a2, b1);
+            a2.flush_thread_cache();
+        });
+        free(&arena, b2);
+        arena.flush_thread_cache();
+        let b3 = alloc(&arena, L256, 3); // from the slab's list, or fresh
+        t.join().unwrap();
+        assert_eq!(out(&arena), 1, "only b3 is out");
+        free(&arena, b3);
+        assert_eq!(out(&arena), 0);
+        assert_eq!(
+            arena.audit().slabs_for(L256),
+            0,
+            "the empty slab went back to the pool"
+        );
+    });
+}
+
+/// 2. Two remote freers flush into the same slab at once.
+#[test]
+fn two_remote_freers_same_slab() {
+    model(|| {
+        let arena = Arc::new(SmallMidArena::new());
+        let (b1, b2) = (alloc(&arena, L256, 1), alloc(&arena, L256, 2));
+        arena.flush_thread_cache(); // the slab now holds just b1 and b2 out
+        let ts: Vec<_> = [b1, b2]
+            .into_iter()
+            .map(|b| {
+                let a = arena.clone();
+                thread::spawn(move || {
+                    free(&a, b);
+                    a.flush_thread_cache();
+                })
+            })
+            .collect();
+        ts.into_iter().for_each(|t| t.join().unwrap());
+        let audit = arena.audit();
+        assert_eq!(
+            (audit.blocks_out, audit.slabs_for(L256)),
+            (0, 0),
+            "{audit:?}"
+        );
+    });
+}
+
+/// 3. One thread's batch flush races another's refill of the same class.
+#[test]
+fn flush_races_refill() {
+    model(|| {
+        let arena = Arc::new(SmallMidArena::new());
+        let held = vec![alloc(&arena, L256, 1), alloc(&arena, L256, 2)];
+        arena.flush_thread_cache();
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            let b = alloc(&a2, L256, 9); // refill: list or fresh slab
+            let addr = b.0;
+            free(&a2, b);
+            addr
+        });
+        for b in held {
+            free(&arena, b);
+        }
+        arena.flush_thread_cache();
+        let _ = t.join().unwrap();
+        eventually(|| out(&arena) == 0); // the thread's exit returns its cache
+    });
+}
+
+/// 4a. A thread exiting (returning its cache) races the arena's drop.
+#[test]
+fn thread_exit_races_arena_drop() {
+    model(|| {
+        let arena = Arc::new(SmallMidArena::new());
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            let b = alloc(&a2, L256, 1);
+            free(&a2, b);
+            drop(a2); // maybe the last handle; then exit flushes
+        });
+        drop(arena);
+        t.join().unwrap();
+        eventually(|| global_stats().superslabs_in_use == 0); // a spare dies with its thread
+        let g = global_stats();
+        assert_eq!(g.arenas_alive, 0, "{g}");
+        assert_eq!(
+            g.mmaps - g.munmaps,
+            g.warm_superslabs as u64,
+            "a SuperSlab was lost: {g}"
+        );
+    });
+}
+
+/// 4b. A thread exits while another thread starts and may take over its
+///     index, and so its cache slot, in the same arena.
+#[test]
+fn thread_exit_races_slot_takeover() {
+    model(|| {
+        let arena = Arc::new(SmallMidArena::new());
+        let ts: Vec<_> = (0..2u8)
+            .map(|i| {
+                let a = arena.clone();
+                thread::spawn(move || {
+                    let b = alloc(&a, if i == 0 { L256 } else { L1K }, i);
+                    free(&a, b); // stays in this thread's cache until it exits
+                })
+            })
+            .collect();
+        ts.into_iter().for_each(|t| t.join().unwrap());
+        // Each audit also checks every invariant while exits may be flushing.
+        eventually(|| arena.audit().blocks_out == 0);
+    });
+}
+
+/// 5. Two arenas drop while a third is created: the warm cache's bound
+///    holds and no SuperSlab is lost or handed out twice.
+#[test]
+fn warm_cache_two_drops_one_create() {
+    model(|| {
+        let a1 = SmallMidArena::builder().warm_cache_limit(1 << 20).build();
+        let a2 = SmallMidArena::new();
+        let t1 = thread::spawn(move || drop(a1));
+        let t2 = thread::spawn(move || drop(a2));
+        let a3 = SmallMidArena::new();
+        let b = alloc(&a3, L256, 3);
+        t1.join().unwrap();
+        t2.join().unwrap();
+        let g = global_stats();
+        assert_eq!(g.superslabs_in_use, 1, "{g}");
+        assert!(g.warm_superslabs <= 1, "bound of one SuperSlab broken: {g}");
+        assert_eq!(
+            g.mmaps - g.munmaps,
+            (g.warm_superslabs + g.superslabs_in_use) as u64,
+            "{g}"
+        );
+        free(&a3, b);
+    });
+}
+
+/// 6. The last block of a slab is freed remotely (retiring the slab to the
+///    pool) while the owner takes a slab for another class.
+#[test]
+fn slab_reassigned_while_last_block_freed() {
+    model(|| {
+        let arena = Arc::new(SmallMidArena::new());
+        let b = alloc(&arena, L256, 1);
+        arena.flush_thread_cache(); // its slab: one block out, on no cache
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            free(&a2, b);
+            a2.flush_thread_cache(); // the slab empties and retires
+        });
+        let c = alloc(&arena, L1K, 2); // may get the retired slab
+        t.join().unwrap();
+        assert_eq!(out(&arena), 1);
+        free(&arena, c);
+        assert_eq!(out(&arena), 0);
+        let audit = arena.audit();
+        assert_eq!(
+            (audit.slabs_for(L256), audit.slabs_for(L1K)),
+            (0, 0),
+            "{audit:?}"
+        );
+    });
+}
+
+/// 7. Grow and shrink of a block while another thread frees its neighbour.
+#[test]
+fn realloc_races_neighbour_free() {
+    model(|| {
+        let arena = Arc::new(SmallMidArena::new());
+        let small = Layout::from_size_align(100, 8).unwrap();
+        let (b1, b2) = (alloc(&arena, small, 1), alloc(&arena, small, 2));
+        arena.flush_thread_cache();
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            free(&a2, b2);
+            a2.flush_thread_cache();
+        });
+        let p = core::ptr::NonNull::new(b1.0 as *mut u8).unwrap();
+        let bigger = Layout::from_size_align(110, 8).unwrap();
+        let big = Layout::from_size_align(3000, 8).unwrap();
+        // SAFETY: b1 was allocated with `small`; each step uses the last
+        // layout and pointer.
+        unsafe {
+            let g = arena.grow(p, small, bigger).unwrap().cast::<u8>();
+            assert_eq!(g, p, "same class: in place");
+            let g2 = arena.grow(g, bigger, big).unwrap().cast::<u8>();
+            let s = arena.shrink(g2, big, small).unwrap().cast::<u8>();
+            let bytes = core::slice::from_raw_parts(s.as_ptr(), 100);
+            assert!(bytes.iter().all(|&x| x == 1), "contents lost");
+            arena.deallocate(s, small);
+        }
+        t.join().unwrap();
+        assert_eq!(out(&arena), 0);
+    });
+}
