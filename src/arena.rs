@@ -199,6 +199,9 @@ impl ArenaState {
                 large::unmap_all_huge(&mut pool);
                 pool.all_superslabs()
             };
+            // Any access racing the destroy now races this write, which
+            // loom reports (the memory itself outlives the model).
+            (*state).reg.with_mut(|l| *l = RegLinks::new());
             core::ptr::drop_in_place(state);
             warm::release(&superslabs);
         }
