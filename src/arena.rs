@@ -37,6 +37,13 @@ pub(crate) struct ArenaState {
     pub(crate) dirty: AtomicBool,
     /// Blocks of this arena holding its own metadata (caches, slot chunks).
     pub(crate) meta_blocks: AtomicU64,
+    /// Allocations and frees by threads without a front cache.
+    pub(crate) orphan_allocs: [AtomicU64; NUM_CLASSES],
+    pub(crate) orphan_frees: [AtomicU64; NUM_CLASSES],
+    /// Large blocks (spans and huge): allocations, frees, bytes in use.
+    pub(crate) large_allocs: AtomicU64,
+    pub(crate) large_frees: AtomicU64,
+    pub(crate) large_bytes: AtomicU64,
     pub(crate) pool: Mutex<Pool>,
     pub(crate) reg: UnsafeCell<RegLinks>,
 }
@@ -288,6 +295,11 @@ impl Builder {
                 shared: AtomicBool::new(false),
                 dirty: AtomicBool::new(false),
                 meta_blocks: AtomicU64::new(0),
+                orphan_allocs: core::array::from_fn(|_| AtomicU64::new(0)),
+                orphan_frees: core::array::from_fn(|_| AtomicU64::new(0)),
+                large_allocs: AtomicU64::new(0),
+                large_frees: AtomicU64::new(0),
+                large_bytes: AtomicU64::new(0),
                 pool: Mutex::new(Pool::new(state, home, self.memory_limit)),
                 reg: UnsafeCell::new(RegLinks::new()),
             });

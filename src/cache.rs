@@ -25,7 +25,7 @@ use crate::slab::SLAB_SIZE;
 use crate::slab::{next_of, set_next, Batch};
 use crate::superslab::{SuperSlab, META};
 use crate::sync::lock;
-use crate::sync::{thread_local_const, AtomicPtr, Ordering, UnsafeCell};
+use crate::sync::{bump, thread_local_const, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
 use core::cell::Cell;
 use core::ptr::{null_mut, NonNull};
 
@@ -74,10 +74,24 @@ struct Inner {
     stashed: usize,
 }
 
+/// Per-class counters of one cache. Written only by the owning thread (with
+/// [`bump`]), read by anyone (`stats()`).
+#[derive(Debug, Default)]
+pub(crate) struct ClassCounters {
+    pub(crate) allocs: AtomicU64,
+    pub(crate) frees: AtomicU64,
+    /// Refills: allocations that missed the cache.
+    pub(crate) refills: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    /// Blocks this cache flushed into slabs another thread had taken from.
+    pub(crate) cross: AtomicU64,
+}
+
 /// The front cache of one thread in one arena.
 #[derive(Debug)]
 pub(crate) struct ThreadCache {
     inner: UnsafeCell<Inner>,
+    pub(crate) counters: [ClassCounters; NUM_CLASSES],
 }
 
 /// Size class whose blocks hold the caches themselves.
@@ -94,6 +108,7 @@ impl ThreadCache {
                 stash: [(core::ptr::null(), 0); STASH],
                 stashed: 0,
             }),
+            counters: core::array::from_fn(|_| ClassCounters::default()),
         }
     }
 
@@ -140,6 +155,12 @@ thread_local_const! {
 #[inline(always)]
 fn current_tid() -> u32 {
     TID.try_with(Cell::get).unwrap_or(DEAD)
+}
+
+/// The index recorded as a slab's taker (for cross-thread counts).
+#[inline]
+fn tid_of_cache() -> u32 {
+    current_tid()
 }
 
 #[cold]
@@ -260,6 +281,7 @@ impl ArenaState {
                 })
             };
             if let Some(b) = NonNull::new(b) {
+                bump(&c.counters[class].allocs, 1);
                 return Some(b);
             }
         }
@@ -270,9 +292,12 @@ impl ArenaState {
     #[inline(never)]
     fn alloc_small_slow(&self, class: usize) -> Option<NonNull<u8>> {
         let Some(c) = self.cache_or_create() else {
-            return NonNull::new(self.alloc_one(class)?);
+            let b = NonNull::new(self.alloc_one(class)?);
+            self.orphan_allocs[class].fetch_add(1, Ordering::Relaxed);
+            return b;
         };
         let size = CLASS_SIZE[class] as usize;
+        let counters = &c.counters[class];
         // SAFETY: this thread owns its cache; refilled blocks are free.
         let b = unsafe {
             c.with(|i| {
@@ -283,8 +308,9 @@ impl ArenaState {
                     return Some(b);
                 }
                 debug_assert!(l.head.is_null());
+                bump(&counters.refills, 1);
                 let had_range = !l.end.is_null();
-                let batch = match self.refill(class) {
+                let batch = match self.refill(class, tid_of_cache()) {
                     Some(batch) => batch,
                     None => {
                         if had_range {
@@ -299,7 +325,7 @@ impl ArenaState {
                         }
                         i.stashed -= 1;
                         let (ss, idx) = i.stash[i.stashed];
-                        self.fresh_slab(ss, idx, class)
+                        self.fresh_slab(ss, idx, class, tid_of_cache())
                     }
                 };
                 let l = &mut i.lists[class];
@@ -317,7 +343,9 @@ impl ArenaState {
                 })
             })
         };
-        NonNull::new(b?)
+        let b = NonNull::new(b?);
+        bump(&counters.allocs, 1);
+        b
     }
 
     /// Frees a block of `class`.
@@ -345,6 +373,7 @@ impl ArenaState {
                 })
             };
             if done {
+                bump(&c.counters[class].frees, 1);
                 return;
             }
         }
@@ -358,9 +387,12 @@ impl ArenaState {
     #[inline(never)]
     unsafe fn free_small_slow(&self, class: usize, b: *mut u8) {
         let Some(c) = self.cache_or_create() else {
+            self.orphan_frees[class].fetch_add(1, Ordering::Relaxed);
             // SAFETY: forwarded contract.
             return unsafe { self.free_one(class, b) };
         };
+        let counters = &c.counters[class];
+        bump(&counters.frees, 1);
         // SAFETY: this thread owns its cache; the flushed blocks are free.
         unsafe {
             c.with(|i| {
@@ -378,13 +410,53 @@ impl ArenaState {
                     l.head = next_of(last);
                     l.count -= n;
                     set_next(last, null_mut());
-                    self.flush(class, head, n);
+                    let cross = self.flush(class, head, n, tid_of_cache());
+                    bump(&counters.flushes, 1);
+                    bump(&counters.cross, cross as u64);
                 }
                 set_next(b, l.head);
                 l.head = b;
                 l.count += 1;
             })
         }
+    }
+
+    /// Calls `f` on every thread cache of this arena.
+    pub(crate) fn for_each_cache(&self, mut f: impl FnMut(&ThreadCache)) {
+        let mut visit = |slot: &AtomicPtr<ThreadCache>| {
+            let p = slot.load(Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: published caches live as long as the arena.
+                f(unsafe { &*p });
+            }
+        };
+        self.slots.iter().for_each(&mut visit);
+        for chunk in &self.chunks {
+            let chunk = chunk.load(Ordering::Acquire);
+            if !chunk.is_null() {
+                // SAFETY: published chunks live as long as the arena.
+                unsafe { (*chunk).iter().for_each(&mut visit) };
+            }
+        }
+    }
+
+    /// Zeroes every counter (a recycled arena starts afresh).
+    pub(crate) fn reset_counters(&self) {
+        let zero = |a: &AtomicU64| a.store(0, Ordering::Relaxed);
+        self.for_each_cache(|c| {
+            for k in &c.counters {
+                [&k.allocs, &k.frees, &k.refills, &k.flushes, &k.cross]
+                    .into_iter()
+                    .for_each(zero);
+            }
+        });
+        self.orphan_allocs
+            .iter()
+            .chain(&self.orphan_frees)
+            .for_each(zero);
+        [&self.large_allocs, &self.large_frees, &self.large_bytes]
+            .into_iter()
+            .for_each(zero);
     }
 
     /// Returns what the calling thread's cache holds to the arena.
@@ -414,7 +486,8 @@ impl ArenaState {
                 for (class, l) in i.lists.iter_mut().enumerate() {
                     let taken = core::mem::replace(l, EMPTY);
                     if taken.count > 0 {
-                        self.flush(class, taken.head, taken.count);
+                        let cross = self.flush(class, taken.head, taken.count, tid);
+                        bump(&c.counters[class].cross, cross as u64);
                     }
                     self.put_range(class, taken.bump, taken.end);
                 }

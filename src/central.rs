@@ -123,7 +123,7 @@ impl ArenaState {
     /// Takes a slab's reusable blocks of `class` for a front cache, or
     /// `None` if no slab of the class has any. Lock-free when the class
     /// looks empty: a stale answer only means a fresh slab is used instead.
-    pub(crate) fn refill(&self, class: usize) -> Option<Batch> {
+    pub(crate) fn refill(&self, class: usize, taker: u32) -> Option<Batch> {
         if !self.nonempty[class].load(Ordering::Relaxed) {
             return None;
         }
@@ -136,6 +136,7 @@ impl ArenaState {
         let batch = unsafe {
             (*slab).with(|s| {
                 let b = s.take();
+                s.taker = taker;
                 if !s.available() {
                     list.remove(s);
                 }
@@ -158,11 +159,13 @@ impl ArenaState {
         ss: *const SuperSlab,
         idx: usize,
         class: usize,
+        taker: u32,
     ) -> Batch {
         // SAFETY: the slab is ours alone (contract).
         unsafe {
             (*ss).slabs[idx].with(|s| {
                 init_slab(s, ss, idx, class);
+                s.taker = taker;
                 s.take()
             })
         }
@@ -198,11 +201,20 @@ impl ArenaState {
     }
 
     /// Returns `count` blocks of `class` linked from `head`, each to its slab.
+    /// Returns how many went to slabs last taken from by a thread other
+    /// than `flusher`: cross-thread frees.
     ///
     /// # Safety
     /// Every block on the chain is a live block of `class` from this arena,
     /// not used afterwards, and appears once.
-    pub(crate) unsafe fn flush(&self, class: usize, mut head: *mut u8, count: u32) {
+    pub(crate) unsafe fn flush(
+        &self,
+        class: usize,
+        mut head: *mut u8,
+        count: u32,
+        flusher: u32,
+    ) -> u32 {
+        let mut cross = 0;
         let mut list = lock(&self.classes[class]);
         for _ in 0..count {
             debug_assert!(!head.is_null());
@@ -219,6 +231,7 @@ impl ArenaState {
                          foreign pointer or double free",
                         s.use_
                     );
+                    cross += (s.taker != flusher) as u32;
                     if s.put(b) {
                         list.push(slab, s);
                     }
@@ -231,6 +244,7 @@ impl ArenaState {
             }
         }
         self.publish(class, &list);
+        cross
     }
 
     /// Frees one block straight to its slab (threads without a cache).
@@ -241,7 +255,7 @@ impl ArenaState {
         // SAFETY: a chain of one block, terminated.
         unsafe {
             set_next(b, null_mut());
-            self.flush(class, b, 1);
+            self.flush(class, b, 1, u32::MAX);
         }
     }
 

@@ -18,7 +18,7 @@ use crate::os::{self, PAGE};
 use crate::pool::Pool;
 use crate::slab::SLAB_SIZE;
 use crate::superslab::{SuperSlab, SLABS};
-use crate::sync::lock;
+use crate::sync::{lock, Ordering};
 use allocator_api2::alloc::AllocError;
 use core::alloc::Layout;
 use core::ptr::{null_mut, NonNull};
@@ -81,6 +81,14 @@ impl ArenaState {
     /// Allocates a block that no size class serves.
     pub(crate) fn alloc_large(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         self.mark_dirty();
+        let block = self.alloc_large_block(layout)?;
+        self.large_allocs.fetch_add(1, Ordering::Relaxed);
+        self.large_bytes
+            .fetch_add(block.len() as u64, Ordering::Relaxed);
+        Ok(block)
+    }
+
+    fn alloc_large_block(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         match kind(layout.size(), layout.align()) {
             Kind::Span { slabs, step } => {
                 let (ss, idx) = lock(&self.pool).take_span(slabs, step).ok_or(AllocError)?;
@@ -148,7 +156,9 @@ impl ArenaState {
             Kind::Span { .. } => {
                 let ss = SuperSlab::of(addr);
                 // SAFETY: per contract the span is ours and unused now.
-                unsafe { lock(&self.pool).release_span(ss, SuperSlab::slab_index(addr)) };
+                let slabs =
+                    unsafe { lock(&self.pool).release_span(ss, SuperSlab::slab_index(addr)) };
+                self.count_large_free(slabs * SLAB_SIZE);
             }
             Kind::Huge => {
                 // SAFETY: per contract `ptr` is a live huge block of ours.
@@ -178,8 +188,14 @@ impl ArenaState {
                 };
                 // SAFETY: the mapping was made with exactly these values.
                 unsafe { os::unmap(base, len, align) };
+                self.count_large_free(len - align);
             }
         }
+    }
+
+    fn count_large_free(&self, bytes: usize) {
+        self.large_frees.fetch_add(1, Ordering::Relaxed);
+        self.large_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 }
 

@@ -1,6 +1,4 @@
-//! A fast arena allocator for small and mid-sized objects.
-//!
-//! See [`SmallMidArena`] and the README for the design.
+#![doc = include_str!("../README.md")]
 #![cfg_attr(feature = "nightly", feature(allocator_api, coerce_unsized, unsize))]
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -29,7 +27,7 @@ pub use arena::{Builder, SmallMidArena};
 #[doc(hidden)]
 pub use audit::Audit;
 pub use boxed::ArenaBox;
-pub use stats::{global_stats, trim_warm_cache, GlobalStats, Stats};
+pub use stats::{global_stats, trim_warm_cache, ClassStats, GlobalStats, Stats};
 
 #[doc(hidden)]
 pub use os::fail_next_maps;

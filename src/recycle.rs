@@ -52,6 +52,7 @@ pub(crate) unsafe fn keep(state: *mut ArenaState) -> bool {
             a.rewind_first_cache();
         }
     }
+    a.reset_counters();
     let old = cache::swap_spare(state);
     if old == state {
         return false; // this thread cannot hold a spare; destroy it

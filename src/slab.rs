@@ -77,6 +77,8 @@ pub(crate) struct SlabState {
     /// Uncarved range `[bump, end)`, always within the slab.
     pub(crate) bump: *mut u8,
     pub(crate) end: *mut u8,
+    /// Thread index of the cache that last took blocks (stats only).
+    pub(crate) taker: u32,
     /// Links in the class's list of slabs with blocks available.
     pub(crate) in_partial: bool,
     pub(crate) prev: *const Slab,
@@ -101,6 +103,7 @@ impl Slab {
                 free: core::ptr::null_mut(),
                 bump: core::ptr::null_mut(),
                 end: core::ptr::null_mut(),
+                taker: u32::MAX,
                 in_partial: false,
                 prev: null(),
                 next: null(),
@@ -137,6 +140,7 @@ impl SlabState {
         // SAFETY-free arithmetic: stays within the slab by construction.
         self.end = start.wrapping_add(capacity * size as usize);
         self.in_partial = false;
+        self.taker = u32::MAX;
         self.debug_check();
     }
 

@@ -52,6 +52,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
+/// Adds `n` to a counter that only the calling thread writes: a load and a
+/// store, no read-modify-write, so it costs what a plain increment does.
+/// Readers on other threads see some recent value.
+#[inline(always)]
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
 /// Declares a process-wide global: a `static` normally, a per-execution
 /// `lazy_static` under loom. The initializer must be a const expression.
 macro_rules! global {

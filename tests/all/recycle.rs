@@ -51,7 +51,7 @@ fn dirty_requests_reset_fully() {
     for round in 0..scaled(500) {
         // Many blocks of one class overflow the cache (flushes), big ones
         // take spans and huge mappings, frees reuse blocks.
-        let (max, n) = [(1024, 600), (64 << 10, 40), (2 << 20, 4)][round % 3];
+        let (max, n) = [(1024, 600), (64 << 10, 40), (crate::cap(2 << 20), 4)][round % 3];
         let n = rng.range(1, n);
         request(&mut rng, n, max, true);
     }
