@@ -21,6 +21,10 @@ use std::time::Instant;
 
 // ---------------------------------------------------------------- peers
 
+#[path = "common/mimalloc_heap.rs"]
+mod mimalloc_heap;
+use mimalloc_heap::MiHeap;
+
 /// One allocator under test: how to make an arena, get its `Allocator`, and
 /// release it.
 trait Peer: Sized {
@@ -95,53 +99,13 @@ impl Peer for MiGlobal {
     }
 }
 
-/// A first-class mimalloc heap; `mi_heap_destroy` releases it at once.
-struct MiHeap(*mut libmimalloc_sys::mi_heap_t);
-// SAFETY: the benchmark allocates from a heap only on the thread that made
-// it; other threads only call `mi_free`, which mimalloc allows.
-unsafe impl Sync for MiHeap {}
-// SAFETY: as above.
-unsafe impl Allocator for MiHeap {
-    fn allocate(&self, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: plain FFI call on a live heap.
-        let p = unsafe { libmimalloc_sys::mi_heap_malloc_aligned(self.0, l.size(), l.align()) };
-        NonNull::new(p.cast::<u8>())
-            .map(|p| NonNull::slice_from_raw_parts(p, l.size()))
-            .ok_or(AllocError)
-    }
-    unsafe fn deallocate(&self, p: NonNull<u8>, _: Layout) {
-        // SAFETY: `p` came from mimalloc.
-        unsafe { libmimalloc_sys::mi_free(p.as_ptr().cast()) }
-    }
-    unsafe fn grow(
-        &self,
-        p: NonNull<u8>,
-        _: Layout,
-        l: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: `p` came from this heap.
-        let q = unsafe {
-            libmimalloc_sys::mi_heap_realloc_aligned(self.0, p.as_ptr().cast(), l.size(), l.align())
-        };
-        NonNull::new(q.cast::<u8>())
-            .map(|q| NonNull::slice_from_raw_parts(q, l.size()))
-            .ok_or(AllocError)
-    }
-}
-impl Drop for MiHeap {
-    fn drop(&mut self) {
-        // SAFETY: the heap is live and dropped once.
-        unsafe { libmimalloc_sys::mi_heap_destroy(self.0) }
-    }
-}
 impl Peer for MiHeap {
     const FREES: bool = true;
     const BULK: bool = true;
     const SYNC: bool = true;
     type A<'a> = &'a MiHeap;
     fn new() -> Self {
-        // SAFETY: plain FFI call.
-        MiHeap(unsafe { libmimalloc_sys::mi_heap_new() })
+        MiHeap::new()
     }
     fn alloc(&self) -> &MiHeap {
         self
