@@ -25,6 +25,9 @@ impl ArenaState {
             let b = self.alloc_small(class).ok_or(AllocError)?;
             return Ok(NonNull::slice_from_raw_parts(b, CLASS_SIZE[class] as usize));
         }
+        if size == 0 {
+            return Ok(dangling(layout.align())); // any alignment: no memory
+        }
         self.alloc_large(layout)
     }
 
@@ -42,8 +45,10 @@ impl ArenaState {
             }
             return;
         }
-        // SAFETY: forwarded contract.
-        unsafe { self.free_large(ptr, layout) }
+        if size != 0 {
+            // SAFETY: forwarded contract.
+            unsafe { self.free_large(ptr, layout) }
+        }
     }
 
     /// The block length if `ptr` (allocated with `old`) can serve `new` in

@@ -2,6 +2,7 @@
 
 mod boxed;
 mod collections;
+mod limits;
 mod model;
 mod recycle;
 mod shadow;
