@@ -8,7 +8,7 @@ use crate::recycle;
 use crate::registry::{self, RegLinks};
 use crate::size_class::NUM_CLASSES;
 use crate::superslab::{SuperSlab, META, SUPERSLAB_SIZE};
-use crate::sync::{lock, AtomicBool, AtomicPtr, AtomicU64, Mutex, UnsafeCell};
+use crate::sync::{lock, AtomicBool, AtomicPtr, AtomicU64, Mutex, Ordering, UnsafeCell};
 use crate::warm;
 use allocator_api2::alloc::AllocError;
 use core::fmt;
@@ -35,6 +35,8 @@ pub(crate) struct ArenaState {
     /// Set when slabs changed other than by a cache's first fresh slab of a
     /// class (see [`crate::recycle`]): reset must then visit every slab.
     pub(crate) dirty: AtomicBool,
+    /// The memory limit in bytes (`u64::MAX`: none); read under the pool lock.
+    pub(crate) limit: AtomicU64,
     /// Blocks of this arena holding its own metadata (caches, slot chunks).
     pub(crate) meta_blocks: AtomicU64,
     /// Allocations and frees by threads without a front cache.
@@ -160,7 +162,7 @@ impl SmallMidArena {
 
     /// The memory limit this arena was built with (`usize::MAX` if none).
     pub fn memory_limit(&self) -> usize {
-        lock(&self.state().pool).limit
+        self.state().limit.load(Ordering::Relaxed) as usize
     }
 }
 
@@ -294,13 +296,14 @@ impl Builder {
                 first_cache_taken: AtomicBool::new(false),
                 shared: AtomicBool::new(false),
                 dirty: AtomicBool::new(false),
+                limit: AtomicU64::new(self.memory_limit as u64),
                 meta_blocks: AtomicU64::new(0),
                 orphan_allocs: core::array::from_fn(|_| AtomicU64::new(0)),
                 orphan_frees: core::array::from_fn(|_| AtomicU64::new(0)),
                 large_allocs: AtomicU64::new(0),
                 large_frees: AtomicU64::new(0),
                 large_bytes: AtomicU64::new(0),
-                pool: Mutex::new(Pool::new(state, home, self.memory_limit)),
+                pool: Mutex::new(Pool::new(state, home)),
                 reg: UnsafeCell::new(RegLinks::new()),
             });
             registry::register(state);

@@ -72,6 +72,9 @@ struct Inner {
     /// Free slabs taken from the pool, `stash[..stashed]`, not yet used.
     stash: [(*const SuperSlab, usize); STASH],
     stashed: usize,
+    /// Bit `c` set: class `c` has gone through the slow path here, so its
+    /// counters may be non-zero (a recycled arena zeroes just those).
+    touched: u64,
 }
 
 /// Per-class counters of one cache. Written only by the owning thread (with
@@ -107,6 +110,7 @@ impl ThreadCache {
                 lists: [EMPTY; NUM_CLASSES],
                 stash: [(core::ptr::null(), 0); STASH],
                 stashed: 0,
+                touched: 0,
             }),
             counters: core::array::from_fn(|_| ClassCounters::default()),
         }
@@ -309,6 +313,7 @@ impl ArenaState {
                 }
                 debug_assert!(l.head.is_null());
                 bump(&counters.refills, 1);
+                i.touched |= 1 << class;
                 let had_range = !l.end.is_null();
                 let batch = match self.refill(class, tid_of_cache()) {
                     Some(batch) => batch,
@@ -440,23 +445,33 @@ impl ArenaState {
         }
     }
 
-    /// Zeroes every counter (a recycled arena starts afresh).
-    pub(crate) fn reset_counters(&self) {
+    /// Zeroes the counters for a recycled arena. Its only cache is the
+    /// calling thread's `first_cache`, and only classes that went through
+    /// its slow path can be non-zero; unless `dirty`, no orphan or large
+    /// counter moved either.
+    ///
+    /// # Safety
+    /// The calling thread owns `first_cache`.
+    pub(crate) unsafe fn reset_counters(&self, dirty: bool) {
         let zero = |a: &AtomicU64| a.store(0, Ordering::Relaxed);
-        self.for_each_cache(|c| {
-            for k in &c.counters {
-                [&k.allocs, &k.frees, &k.refills, &k.flushes, &k.cross]
-                    .into_iter()
-                    .for_each(zero);
-            }
-        });
-        self.orphan_allocs
-            .iter()
-            .chain(&self.orphan_frees)
-            .for_each(zero);
-        [&self.large_allocs, &self.large_frees, &self.large_bytes]
-            .into_iter()
-            .for_each(zero);
+        // SAFETY: the calling thread owns the cache (contract).
+        let mut touched = unsafe { self.first_cache.with(|i| i.touched) };
+        while touched != 0 {
+            let k = &self.first_cache.counters[touched.trailing_zeros() as usize];
+            [&k.allocs, &k.frees, &k.refills, &k.flushes, &k.cross]
+                .into_iter()
+                .for_each(zero);
+            touched &= touched - 1;
+        }
+        if dirty {
+            self.orphan_allocs
+                .iter()
+                .chain(&self.orphan_frees)
+                .for_each(zero);
+            [&self.large_allocs, &self.large_frees, &self.large_bytes]
+                .into_iter()
+                .for_each(zero);
+        }
     }
 
     /// Returns what the calling thread's cache holds to the arena.
@@ -529,7 +544,13 @@ impl ArenaState {
         // SAFETY: the calling thread owns this cache (contract).
         unsafe {
             self.first_cache.with(|i| {
-                for (class, l) in i.lists.iter_mut().enumerate() {
+                // Only classes that took their range through the slow path
+                // can hold anything.
+                let mut touched = i.touched;
+                while touched != 0 {
+                    let class = touched.trailing_zeros() as usize;
+                    touched &= touched - 1;
+                    let l = &mut i.lists[class];
                     l.head = null_mut();
                     l.count = 0;
                     if !l.end.is_null() {
@@ -567,11 +588,21 @@ impl ArenaState {
 /// Length of the whole range of the class slab whose range ends at `end`.
 fn range_len(end: *mut u8, class: usize) -> usize {
     let slab_base = (end as usize - 1) & !(SLAB_SIZE - 1);
-    let size = CLASS_SIZE[class] as usize;
-    let start = if SuperSlab::slab_index(slab_base) == 0 {
-        slab_base + META.next_multiple_of(CLASS_ALIGN[class] as usize)
-    } else {
-        slab_base
-    };
-    (SLAB_SIZE - (start - slab_base)) / size * size
+    RANGE_LEN[(SuperSlab::slab_index(slab_base) == 0) as usize][class] as usize
 }
+
+/// Bytes of a whole class slab's blocks: `[in slabs 1..16, in slab 0]`
+/// (slab 0's blocks start after the metadata). A table: no division on
+/// the recycle path.
+const RANGE_LEN: [[u32; NUM_CLASSES]; 2] = {
+    let mut t = [[0u32; NUM_CLASSES]; 2];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        let size = CLASS_SIZE[c] as usize;
+        let start0 = META.next_multiple_of(CLASS_ALIGN[c] as usize);
+        t[0][c] = (SLAB_SIZE / size * size) as u32;
+        t[1][c] = ((SLAB_SIZE - start0) / size * size) as u32;
+        c += 1;
+    }
+    t
+};

@@ -11,12 +11,13 @@
 //! - every SuperSlab of the arena is on the `all` list, `superslabs` long;
 //! - a SuperSlab is on the `avail` list iff its `free_mask != 0`;
 //! - `spare` counts non-home SuperSlabs with `free_mask == ALL_FREE`;
-//! - `held_bytes() <= limit`.
+//! - `held_bytes() <= limit` (the arena's `limit`).
 
 use crate::arena::ArenaState;
 use crate::large::HugeHeader;
 use crate::slab::Use;
 use crate::superslab::{SuperSlab, ALL_FREE, SLABS, SUPERSLAB_SIZE};
+use crate::sync::Ordering;
 use crate::warm;
 use core::ptr::{null, null_mut, NonNull};
 
@@ -34,7 +35,6 @@ pub(crate) struct Pool {
     /// Huge blocks (their own mappings), doubly linked.
     pub(crate) huge: *mut HugeHeader,
     pub(crate) huge_bytes: usize,
-    pub(crate) limit: usize,
 }
 
 // SAFETY: the raw pointers are only followed under the pool's mutex.
@@ -45,11 +45,7 @@ impl Pool {
     ///
     /// # Safety
     /// `home` is a live SuperSlab header owned by `arena`.
-    pub(crate) unsafe fn new(
-        arena: *const ArenaState,
-        home: *const SuperSlab,
-        limit: usize,
-    ) -> Pool {
+    pub(crate) unsafe fn new(arena: *const ArenaState, home: *const SuperSlab) -> Pool {
         let mut pool = Pool {
             arena,
             home,
@@ -59,7 +55,6 @@ impl Pool {
             spare: 0,
             huge: null_mut(),
             huge_bytes: 0,
-            limit,
         };
         // SAFETY: forwarded contract.
         unsafe { pool.link(home) };
@@ -70,11 +65,12 @@ impl Pool {
         self.superslabs * SUPERSLAB_SIZE + self.huge_bytes
     }
 
-    /// Whether `bytes` more may be taken from the OS under the limit.
+    /// Whether `bytes` more may be taken from the OS under the arena's limit.
     pub(crate) fn fits(&self, bytes: usize) -> bool {
         self.held_bytes()
             .checked_add(bytes)
-            .is_some_and(|t| t <= self.limit)
+            // SAFETY: the pool lives inside its arena's state.
+            .is_some_and(|t| t as u64 <= unsafe { (*self.arena).limit.load(Ordering::Relaxed) })
     }
 
     /// # Safety

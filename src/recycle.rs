@@ -37,22 +37,24 @@ pub(crate) unsafe fn keep(state: *mut ArenaState) -> bool {
     // SAFETY: the state is live until destroyed.
     let a = unsafe { &*state };
     // Metadata blocks (slot chunks) live in class slabs that reset reuses.
-    if !a.used_by_this_thread_only()
-        || a.meta_blocks.load(Ordering::Relaxed) != 0
-        || lock(&a.pool).superslabs > MAX_SUPERSLABS
-    {
+    if !a.used_by_this_thread_only() || a.meta_blocks.load(Ordering::Relaxed) != 0 {
+        return false;
+    }
+    // A clean arena took one fresh slab per class at most: it is small.
+    let dirty = a.dirty.load(Ordering::Relaxed);
+    if dirty && lock(&a.pool).superslabs > MAX_SUPERSLABS {
         return false;
     }
     // SAFETY: exclusive, as checked above and per contract.
     unsafe {
-        if a.dirty.load(Ordering::Relaxed) {
+        if dirty {
             reset(a);
             a.dirty.store(false, Ordering::Relaxed);
         } else {
             a.rewind_first_cache();
         }
+        a.reset_counters(dirty);
     }
-    a.reset_counters();
     let old = cache::swap_spare(state);
     if old == state {
         return false; // this thread cannot hold a spare; destroy it
@@ -71,19 +73,18 @@ pub(crate) unsafe fn keep(state: *mut ArenaState) -> bool {
 /// The caller makes the returned state its handle's.
 pub(crate) unsafe fn take(limit: usize) -> Option<NonNull<ArenaState>> {
     let p = NonNull::new(cache::swap_spare(null_mut()))?;
-    let fits = {
-        // SAFETY: spares are live until destroyed.
-        let mut pool = lock(unsafe { &p.as_ref().pool });
-        let fits = pool.held_bytes() <= limit;
-        if fits {
-            pool.limit = limit;
+    // SAFETY: spares are live until destroyed.
+    let a = unsafe { p.as_ref() };
+    let unlimited = limit == usize::MAX && a.limit.load(Ordering::Relaxed) == u64::MAX;
+    if !unlimited {
+        let pool = lock(&a.pool);
+        if pool.held_bytes() > limit {
+            drop(pool);
+            // SAFETY: the spare has no handle.
+            unsafe { ArenaState::destroy(p.as_ptr()) };
+            return None;
         }
-        fits
-    };
-    if !fits {
-        // SAFETY: the spare has no handle.
-        unsafe { ArenaState::destroy(p.as_ptr()) };
-        return None;
+        a.limit.store(limit as u64, Ordering::Relaxed);
     }
     Some(p)
 }
