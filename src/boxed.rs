@@ -71,6 +71,7 @@ impl ArenaState {
     /// # Safety
     /// `ptr` is a live block allocated from some arena with `layout`
     /// (`layout.size() > 0`).
+    #[inline(always)]
     pub(crate) unsafe fn owner_of<'a>(ptr: NonNull<u8>, layout: Layout) -> &'a ArenaState {
         let addr = ptr.as_ptr() as usize;
         let huge = class_for(layout.size(), layout.align()).is_none()
@@ -91,6 +92,7 @@ impl ArenaState {
 ///
 /// # Safety
 /// As for [`ArenaState::owner_of`] (any size); the block is not used again.
+#[inline(always)]
 unsafe fn free_block(ptr: NonNull<u8>, layout: Layout) {
     if layout.size() != 0 {
         // SAFETY: forwarded contract.
@@ -394,6 +396,7 @@ impl<'a, T> ArenaBox<'a, T> {
 }
 
 impl<T: ?Sized> Drop for ArenaBox<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: the handle owns an initialized `T` in a block allocated
         // with `Layout::for_value` (type invariant); drop it once, free once.
