@@ -15,8 +15,27 @@ fn dangling(align: usize) -> NonNull<[u8]> {
 }
 
 impl ArenaState {
+    /// Allocates, recording the block under the `checked` feature.
     #[inline(always)]
     pub(crate) fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let block = self.allocate_block(layout)?;
+        self.checked.allocated(block, layout);
+        Ok(block)
+    }
+
+    /// Frees, checked first under the `checked` feature.
+    ///
+    /// # Safety
+    /// As for [`Self::deallocate_block`].
+    #[inline(always)]
+    pub(crate) unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        self.checked.freed(ptr, layout);
+        // SAFETY: forwarded contract.
+        unsafe { self.deallocate_block(ptr, layout) }
+    }
+
+    #[inline(always)]
+    fn allocate_block(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let size = layout.size();
         if let Some(class) = class_for(size, layout.align()) {
             if size == 0 {
@@ -36,7 +55,7 @@ impl ArenaState {
     /// fits (same alignment, size between the request and the returned
     /// length), not used afterwards.
     #[inline(always)]
-    pub(crate) unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+    unsafe fn deallocate_block(&self, ptr: NonNull<u8>, layout: Layout) {
         let size = layout.size();
         if let Some(class) = class_for(size, layout.align()) {
             if size != 0 {
@@ -96,7 +115,10 @@ impl ArenaState {
     ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: forwarded contract.
         if let Some(len) = unsafe { self.in_place(ptr, old, new) } {
-            return Ok(NonNull::slice_from_raw_parts(ptr, len));
+            let block = NonNull::slice_from_raw_parts(ptr, len);
+            self.checked.freed(ptr, old);
+            self.checked.allocated(block, new);
+            return Ok(block);
         }
         let fresh = self.allocate(new)?;
         // SAFETY: both blocks are live, distinct, and at least `keep` long.

@@ -2,6 +2,7 @@
 
 use crate::cache::{SlotChunk, ThreadCache, CHUNKS, INLINE_SLOTS};
 use crate::central::ClassList;
+use crate::checked::Checked;
 use crate::large;
 use crate::pool::Pool;
 use crate::recycle;
@@ -35,6 +36,8 @@ pub(crate) struct ArenaState {
     /// Set when slabs changed other than by a cache's first fresh slab of a
     /// class (see [`crate::recycle`]): reset must then visit every slab.
     pub(crate) dirty: AtomicBool,
+    /// Live blocks, under the `checked` feature (else nothing).
+    pub(crate) checked: Checked,
     /// The memory limit in bytes (`u64::MAX`: none); read under the pool lock.
     pub(crate) limit: AtomicU64,
     /// Blocks of this arena holding its own metadata (caches, slot chunks).
@@ -296,6 +299,7 @@ impl Builder {
                 first_cache_taken: AtomicBool::new(false),
                 shared: AtomicBool::new(false),
                 dirty: AtomicBool::new(false),
+                checked: Checked::default(),
                 limit: AtomicU64::new(self.memory_limit as u64),
                 meta_blocks: AtomicU64::new(0),
                 orphan_allocs: core::array::from_fn(|_| AtomicU64::new(0)),

@@ -10,6 +10,7 @@ mod audit;
 mod boxed;
 mod cache;
 mod central;
+mod checked;
 mod large;
 mod os;
 mod pool;

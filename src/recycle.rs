@@ -55,6 +55,7 @@ pub(crate) unsafe fn keep(state: *mut ArenaState) -> bool {
         }
         a.reset_counters(dirty);
     }
+    a.checked.clear();
     let old = cache::swap_spare(state);
     if old == state {
         return false; // this thread cannot hold a spare; destroy it
