@@ -43,7 +43,7 @@ pub const fn cap(size: usize) -> usize {
 /// Scales iteration counts down under miri.
 pub const fn scaled(n: usize) -> usize {
     if cfg!(miri) {
-        n / 100 + 1
+        n / 1000 + 2
     } else {
         n
     }
