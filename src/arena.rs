@@ -299,7 +299,7 @@ impl Builder {
                 first_cache_taken: AtomicBool::new(false),
                 shared: AtomicBool::new(false),
                 dirty: AtomicBool::new(false),
-                checked: Checked::default(),
+                checked: Checked::new(),
                 limit: AtomicU64::new(self.memory_limit as u64),
                 meta_blocks: AtomicU64::new(0),
                 orphan_allocs: core::array::from_fn(|_| AtomicU64::new(0)),

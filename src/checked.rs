@@ -23,6 +23,10 @@ mod imp {
     }
 
     impl Checked {
+        pub(crate) fn new() -> Self {
+            Self::default()
+        }
+
         pub(crate) fn allocated(&self, block: NonNull<[u8]>, layout: Layout) {
             if layout.size() == 0 {
                 return;
@@ -72,10 +76,13 @@ mod imp {
     use core::alloc::Layout;
     use core::ptr::NonNull;
 
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     pub(crate) struct Checked;
 
     impl Checked {
+        pub(crate) fn new() -> Self {
+            Checked
+        }
         #[inline(always)]
         pub(crate) fn allocated(&self, _: NonNull<[u8]>, _: Layout) {}
         #[inline(always)]

@@ -45,7 +45,10 @@ impl Bytes<'_> {
 fn check(live: &Live) {
     // SAFETY: a live block of at least `layout.size()` bytes.
     let bytes = unsafe { core::slice::from_raw_parts(live.ptr.as_ptr(), live.layout.size()) };
-    assert!(bytes.iter().all(|&b| b == live.fill), "block contents changed");
+    assert!(
+        bytes.iter().all(|&b| b == live.fill),
+        "block contents changed"
+    );
 }
 
 fn insert(blocks: &mut BTreeMap<usize, Live>, live: Live) {
@@ -82,10 +85,21 @@ pub fn run(data: &[u8]) {
                 let layout = input.layout();
                 let block = arena.allocate(layout).expect("allocation failed");
                 assert!(block.len() >= layout.size());
-                insert(&mut blocks, Live { arena: a, ptr: block.cast(), layout, fill });
+                insert(
+                    &mut blocks,
+                    Live {
+                        arena: a,
+                        ptr: block.cast(),
+                        layout,
+                        fill,
+                    },
+                );
             }
             3 | 4 if !blocks.is_empty() => {
-                let key = *blocks.keys().nth(input.u16() as usize % blocks.len()).unwrap();
+                let key = *blocks
+                    .keys()
+                    .nth(input.u16() as usize % blocks.len())
+                    .unwrap();
                 let live = blocks.remove(&key).unwrap();
                 check(&live);
                 let arena = arenas[live.arena].as_ref().unwrap();
@@ -106,9 +120,21 @@ pub fn run(data: &[u8]) {
                     let block = r.expect("realloc failed");
                     let keep = live.layout.size().min(new.size());
                     // SAFETY: the block is live and at least `keep` long.
-                    let kept = unsafe { core::slice::from_raw_parts(block.cast::<u8>().as_ptr(), keep) };
-                    assert!(kept.iter().all(|&b| b == live.fill), "realloc lost contents");
-                    insert(&mut blocks, Live { arena: live.arena, ptr: block.cast(), layout: new, fill });
+                    let kept =
+                        unsafe { core::slice::from_raw_parts(block.cast::<u8>().as_ptr(), keep) };
+                    assert!(
+                        kept.iter().all(|&b| b == live.fill),
+                        "realloc lost contents"
+                    );
+                    insert(
+                        &mut blocks,
+                        Live {
+                            arena: live.arena,
+                            ptr: block.cast(),
+                            layout: new,
+                            fill,
+                        },
+                    );
                 }
             }
             5 => {
@@ -124,7 +150,10 @@ pub fn run(data: &[u8]) {
             _ => {
                 if let Some(arena) = &arenas[a] {
                     let s = arena.stats();
-                    let mine = blocks.values().filter(|l| l.arena == a && l.layout.size() > 0).count() as u64;
+                    let mine = blocks
+                        .values()
+                        .filter(|l| l.arena == a && l.layout.size() > 0)
+                        .count() as u64;
                     assert_eq!(s.blocks_in_use, mine, "stats disagree with the model");
                     arena.audit();
                 }
