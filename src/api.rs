@@ -1,6 +1,7 @@
 //! The `Allocator` implementation: a thin adapter over the engine.
 
 use crate::arena::{ArenaState, SmallMidArena};
+use crate::asan;
 use crate::large::{self, huge_header, Kind};
 use crate::size_class::{class_for, CLASS_SIZE};
 use allocator_api2::alloc::{AllocError, Allocator};
@@ -20,6 +21,7 @@ impl ArenaState {
     pub(crate) fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let block = self.allocate_block(layout)?;
         self.checked.allocated(block, layout);
+        asan::unpoison(block.cast::<u8>().as_ptr(), block.len());
         Ok(block)
     }
 
@@ -59,10 +61,14 @@ impl ArenaState {
         let size = layout.size();
         if let Some(class) = class_for(size, layout.align()) {
             if size != 0 {
+                asan::free_block(ptr.as_ptr(), CLASS_SIZE[class] as usize);
                 // SAFETY: forwarded contract.
                 unsafe { self.free_small(class, ptr.as_ptr()) };
             }
             return;
+        }
+        if let Kind::Span { slabs, .. } = large::kind(size, layout.align()) {
+            asan::poison(ptr.as_ptr(), slabs * crate::slab::SLAB_SIZE);
         }
         if size != 0 {
             // SAFETY: forwarded contract.

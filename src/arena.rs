@@ -215,6 +215,10 @@ impl ArenaState {
             // loom reports (the memory itself outlives the model).
             (*state).reg.with_mut(|l| *l = RegLinks::new());
             core::ptr::drop_in_place(state);
+            for ss in &superslabs {
+                // Everything but the headers: a block used after the drop is caught.
+                crate::asan::poison(ss.as_ptr().add(META), SUPERSLAB_SIZE - META);
+            }
             warm::release(&superslabs);
         }
     }

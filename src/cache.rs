@@ -195,6 +195,7 @@ impl ArenaState {
                 return None;
             }
             let mem = self.alloc_one(CHUNK_CLASS)?.cast::<SlotChunk>();
+            crate::asan::unpoison(mem.cast(), core::mem::size_of::<SlotChunk>());
             // SAFETY: a fresh block of a class that fits a chunk.
             unsafe { mem.write(core::array::from_fn(|_| AtomicPtr::new(null_mut()))) };
             match cell.compare_exchange(null_mut(), mem, Ordering::AcqRel, Ordering::Acquire) {
@@ -246,6 +247,7 @@ impl ArenaState {
             &self.first_cache as *const ThreadCache as *mut ThreadCache
         } else {
             let mem = self.alloc_one(CACHE_CLASS)?.cast::<ThreadCache>();
+            crate::asan::unpoison(mem.cast(), core::mem::size_of::<ThreadCache>());
             // SAFETY: a fresh block of a class that fits a cache.
             unsafe { mem.write(ThreadCache::new()) };
             self.shared.store(true, Ordering::Relaxed);
@@ -555,6 +557,7 @@ impl ArenaState {
                     l.count = 0;
                     if !l.end.is_null() {
                         l.bump = l.end.wrapping_sub(range_len(l.end, class));
+                        crate::asan::poison(l.bump, range_len(l.end, class));
                     }
                 }
             })

@@ -6,6 +6,7 @@
 
 mod api;
 mod arena;
+mod asan;
 mod audit;
 mod boxed;
 mod cache;

@@ -20,7 +20,7 @@ use crate::arena::ArenaState;
 use crate::cache;
 use crate::large;
 use crate::size_class::NUM_CLASSES;
-use crate::slab::Use;
+use crate::slab::{Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, SLABS};
 use crate::sync::{lock, Ordering};
 use core::ptr::{null_mut, NonNull};
@@ -110,6 +110,7 @@ unsafe fn reset(a: &ArenaState) {
                     Use::Class(c) if ranges[c as usize].is_none() => {
                         // As right after `fresh_slab`: all of it in the cache.
                         let start = s.end.wrapping_sub(s.capacity as usize * s.size as usize);
+                        crate::asan::poison(start, s.end as usize - start as usize);
                         s.used = s.capacity;
                         s.free = null_mut();
                         s.free_count = 0;
@@ -118,11 +119,16 @@ unsafe fn reset(a: &ArenaState) {
                         ranges[c as usize] = Some((start, s.end));
                     }
                     Use::Class(_) => {
+                        let start = s.end.wrapping_sub(s.capacity as usize * s.size as usize);
+                        crate::asan::poison(start, s.end as usize - start as usize);
                         s.use_ = Use::Free;
                         s.in_partial = false;
                         release.push((ss, idx, false));
                     }
-                    Use::SpanHead(_) => release.push((ss, idx, true)),
+                    Use::SpanHead(k) => {
+                        crate::asan::poison(SuperSlab::slab_start(ss, idx), k as usize * SLAB_SIZE);
+                        release.push((ss, idx, true));
+                    }
                     Use::Free | Use::SpanTail => {}
                 })
             };

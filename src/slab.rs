@@ -141,6 +141,7 @@ impl SlabState {
         self.end = start.wrapping_add(capacity * size as usize);
         self.in_partial = false;
         self.taker = u32::MAX;
+        crate::asan::poison(start, slab_end as usize - start as usize);
         self.debug_check();
     }
 
@@ -208,6 +209,7 @@ impl SlabState {
         } else {
             let mut b = start;
             while b < end {
+                crate::asan::unpoison(b, crate::asan::LINK);
                 // SAFETY: every block of the range is ours and unused.
                 unsafe { set_next(b, self.free) };
                 self.free = b;

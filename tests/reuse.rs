@@ -85,7 +85,10 @@ fn ten_thousand_arenas_map_nothing_after_warm_up() {
 }
 
 #[test]
-#[cfg_attr(miri, ignore = "fills 8 MiB a round: a capacity test, its code paths run in the others")]
+#[cfg_attr(
+    miri,
+    ignore = "fills 8 MiB a round: a capacity test, its code paths run in the others"
+)]
 fn emptied_slabs_serve_other_classes() {
     let _g = SERIAL.lock().unwrap();
     let arena = SmallMidArena::new();
