@@ -21,9 +21,9 @@ use std::time::Instant;
 
 // ---------------------------------------------------------------- peers
 
-#[path = "common/mimalloc_heap.rs"]
-mod mimalloc_heap;
-use mimalloc_heap::MiHeap;
+#[path = "common/mimalloc.rs"]
+mod mimalloc;
+use mimalloc::{MiGlobal, MiHeap};
 
 /// One allocator under test: how to make an arena, get its `Allocator`, and
 /// release it.
@@ -55,37 +55,6 @@ impl Peer for System {
     }
 }
 
-/// mimalloc's process-wide `mi_malloc`/`mi_free`, called directly.
-#[derive(Clone, Copy)]
-struct MiGlobal;
-// SAFETY: mimalloc returns blocks of at least the size, aligned as asked,
-// valid until `mi_free`.
-unsafe impl Allocator for MiGlobal {
-    fn allocate(&self, l: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: plain FFI call.
-        let p = unsafe { libmimalloc_sys::mi_malloc_aligned(l.size(), l.align()) };
-        NonNull::new(p.cast::<u8>())
-            .map(|p| NonNull::slice_from_raw_parts(p, l.size()))
-            .ok_or(AllocError)
-    }
-    unsafe fn deallocate(&self, p: NonNull<u8>, _: Layout) {
-        // SAFETY: `p` came from mimalloc.
-        unsafe { libmimalloc_sys::mi_free(p.as_ptr().cast()) }
-    }
-    unsafe fn grow(
-        &self,
-        p: NonNull<u8>,
-        _: Layout,
-        l: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: `p` came from mimalloc.
-        let q =
-            unsafe { libmimalloc_sys::mi_realloc_aligned(p.as_ptr().cast(), l.size(), l.align()) };
-        NonNull::new(q.cast::<u8>())
-            .map(|q| NonNull::slice_from_raw_parts(q, l.size()))
-            .ok_or(AllocError)
-    }
-}
 impl Peer for MiGlobal {
     const FREES: bool = true;
     const BULK: bool = false;

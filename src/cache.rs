@@ -120,8 +120,10 @@ impl ThreadCache {
     /// Called by the thread owning this cache, not reentrantly.
     #[inline(always)]
     unsafe fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        // SAFETY: only the owning thread touches its cache (type invariant).
-        self.inner.with_mut(|i| f(unsafe { &mut *i }))
+        self.inner.with_mut(|i| {
+            // SAFETY: only the owning thread touches its cache (type invariant).
+            f(unsafe { &mut *i })
+        })
     }
 }
 

@@ -154,10 +154,9 @@ impl ArenaState {
         let addr = ptr.as_ptr() as usize;
         match kind(layout.size(), layout.align()) {
             Kind::Span { .. } => {
-                let ss = SuperSlab::of(addr);
+                let (ss, idx) = (SuperSlab::of(addr), SuperSlab::slab_index(addr));
                 // SAFETY: per contract the span is ours and unused now.
-                let slabs =
-                    unsafe { lock(&self.pool).release_span(ss, SuperSlab::slab_index(addr)) };
+                let slabs = unsafe { lock(&self.pool).release_span(ss, idx) };
                 self.count_large_free(slabs * SLAB_SIZE);
             }
             Kind::Huge => {

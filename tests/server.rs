@@ -4,8 +4,8 @@
 #[path = "../examples/server/app.rs"]
 #[allow(dead_code)]
 mod app;
-#[path = "../examples/common/mimalloc_heap.rs"]
-mod mimalloc_heap;
+#[path = "../examples/common/mimalloc.rs"]
+mod mimalloc;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -12,7 +12,7 @@
 //!   thread and a bumpalo `Bump` is not `Sync`.
 //! - `GET /stats`: `smallmid::global_stats()` as JSON.
 
-use crate::mimalloc_heap::MiHeap;
+use crate::mimalloc::MiHeap;
 use allocator_api2::alloc::{Allocator, Global};
 use allocator_api2::vec::Vec as AVec;
 use bytes::Bytes;

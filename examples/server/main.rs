@@ -11,8 +11,8 @@
 //! allocator; `scripts/load.sh` runs wrk against each.
 
 mod app;
-#[path = "../common/mimalloc_heap.rs"]
-mod mimalloc_heap;
+#[path = "../common/mimalloc.rs"]
+mod mimalloc;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
