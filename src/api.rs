@@ -38,6 +38,23 @@ impl ArenaState {
 
     #[inline(always)]
     fn allocate_block(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        match self.allocate_once(layout) {
+            Ok(b) => Ok(b),
+            Err(_) => self.allocate_after_reclaim(layout),
+        }
+    }
+
+    /// Out of memory (the limit or the OS): what this thread's cache holds
+    /// may be all that stands in the way, so return it and try once more.
+    #[cold]
+    #[inline(never)]
+    fn allocate_after_reclaim(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        self.flush_current_thread();
+        self.allocate_once(layout)
+    }
+
+    #[inline(always)]
+    fn allocate_once(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         let size = layout.size();
         if let Some(class) = class_for(size, layout.align()) {
             if size == 0 {
@@ -67,13 +84,14 @@ impl ArenaState {
             }
             return;
         }
+        if size == 0 {
+            return; // a dangling pointer: nothing to poison or free
+        }
         if let Kind::Span { slabs, .. } = large::kind(size, layout.align()) {
             asan::poison(ptr.as_ptr(), slabs * crate::slab::SLAB_SIZE);
         }
-        if size != 0 {
-            // SAFETY: forwarded contract.
-            unsafe { self.free_large(ptr, layout) }
-        }
+        // SAFETY: forwarded contract.
+        unsafe { self.free_large(ptr, layout) }
     }
 
     /// The block length if `ptr` (allocated with `old`) can serve `new` in

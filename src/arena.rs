@@ -1,56 +1,114 @@
-//! `SmallMidArena`: the handle users hold, and the state it points to.
+//! `SmallMidArena`: the handle users hold, the state it points to, and the
+//! arena's whole life in one place: create, reset, recycle, destroy.
+//!
+//! # Recycling
+//! Dropping a handle frees every block at once. An arena of at most
+//! [`MAX_SPARE_SUPERSLABS`] SuperSlabs is then reset in place (whichever
+//! threads used it: their caches are detached, see [`crate::thread`]) and
+//! kept as the dropping thread's spare; the next `SmallMidArena::new()` on
+//! that thread takes it with no lock and no system call. Reset keeps one
+//! slab per size class the dropping thread's cache used, whole, as that
+//! cache's bump range, so the next arena's first allocation of each class
+//! is a bump. Larger arenas, and spares a thread replaces, are destroyed:
+//! huge blocks unmapped, SuperSlabs to the warm cache.
 
-use crate::cache::{SlotChunk, ThreadCache, CHUNKS, INLINE_SLOTS};
+use crate::cache::{ClassCounters, Counts, SlotChunk, ThreadCache, CHUNKS, INLINE_SLOTS};
 use crate::central::ClassList;
 use crate::checked::Checked;
 use crate::large;
 use crate::pool::Pool;
-use crate::recycle;
-use crate::registry::{self, RegLinks};
 use crate::size_class::NUM_CLASSES;
-use crate::superslab::{SuperSlab, META, SUPERSLAB_SIZE};
-use crate::sync::{lock, AtomicBool, AtomicPtr, AtomicU64, Mutex, Ordering, UnsafeCell};
+use crate::slab::{Use, SLAB_SIZE};
+use crate::superslab::{SuperSlab, META, SLABS, SUPERSLAB_SIZE};
+use crate::sync::{lock, AtomicPtr, AtomicU64, Mutex, Ordering};
+use crate::thread::{self, ThreadRecord};
 use crate::warm;
 use allocator_api2::alloc::AllocError;
 use core::fmt;
 use core::ptr::{null_mut, NonNull};
+use smallvec::SmallVec;
+
+/// Largest arena kept as a spare, in SuperSlabs.
+const MAX_SPARE_SUPERSLABS: usize = 4;
+
+/// Which caches an arena has, and what retired ones counted (members lock).
+///
+/// Invariant: `caches` equals the number of non-null slots; `first_taken`
+/// iff a slot holds `first_cache`; `retired[c]` is zero unless bit `c` of
+/// `touched` is set.
+#[derive(Debug)]
+pub(crate) struct Members {
+    pub(crate) first_taken: bool,
+    pub(crate) caches: usize,
+    /// On the heap: the arena state must fit the home SuperSlab's header area.
+    retired: Box<[Counts; NUM_CLASSES]>,
+    touched: u64,
+}
+
+impl Members {
+    fn new() -> Self {
+        Members {
+            first_taken: false,
+            caches: 0,
+            retired: Box::new([Counts::default(); NUM_CLASSES]),
+            touched: 0,
+        }
+    }
+
+    /// Moves a retiring cache's counters (classes in `touched`) here.
+    pub(crate) fn fold(&mut self, counters: &[ClassCounters; NUM_CLASSES], mut touched: u64) {
+        self.touched |= touched;
+        while touched != 0 {
+            let c = touched.trailing_zeros() as usize;
+            touched &= touched - 1;
+            self.retired[c].add(counters[c].take());
+        }
+    }
+
+    /// Counts what a thread without a cache did.
+    pub(crate) fn count_orphan(&mut self, class: usize, allocs: u64, frees: u64) {
+        self.touched |= 1 << class;
+        self.retired[class].allocs += allocs;
+        self.retired[class].frees += frees;
+        self.retired[class].refills += allocs; // each one missed a cache
+    }
+
+    /// What retired caches and cacheless threads counted for `class`.
+    pub(crate) fn retired(&self, class: usize) -> Counts {
+        self.retired[class]
+    }
+
+    fn zero(&mut self) {
+        while self.touched != 0 {
+            self.retired[self.touched.trailing_zeros() as usize] = Counts::default();
+            self.touched &= self.touched - 1;
+        }
+    }
+}
 
 /// Everything an arena owns, at a fixed address inside its home SuperSlab.
 ///
-/// Invariants: it is registered in [`crate::registry`] from creation until
-/// the handle is dropped; every SuperSlab of its pool names it as owner;
-/// the cache slot of thread index `t` is used only by the thread holding
-/// `t` (see [`crate::cache`]).
+/// Invariants: every SuperSlab of its pool names it as owner; the cache
+/// slot of thread index `t` is used only by the thread holding `t` (see
+/// [`crate::cache`]); a thread whose record lists the arena has a cache in
+/// it (see [`crate::thread`]).
 #[repr(C)]
 pub(crate) struct ArenaState {
     pub(crate) slots: [AtomicPtr<ThreadCache>; INLINE_SLOTS],
     pub(crate) chunks: [AtomicPtr<SlotChunk>; CHUNKS],
     pub(crate) classes: [Mutex<ClassList>; NUM_CLASSES],
-    /// Per class: does its list (probably) have slabs with blocks?
-    pub(crate) nonempty: [AtomicBool; NUM_CLASSES],
+    pub(crate) members: Mutex<Members>,
     /// The first thread's cache, so a one-thread arena allocates none.
     pub(crate) first_cache: ThreadCache,
-    pub(crate) first_cache_taken: AtomicBool,
-    /// Set once any thread but the first made a cache here.
-    pub(crate) shared: AtomicBool,
-    /// Set when slabs changed other than by a cache's first fresh slab of a
-    /// class (see [`crate::recycle`]): reset must then visit every slab.
-    pub(crate) dirty: AtomicBool,
     /// Live blocks, under the `checked` feature (else nothing).
     pub(crate) checked: Checked,
     /// The memory limit in bytes (`u64::MAX`: none); read under the pool lock.
     pub(crate) limit: AtomicU64,
-    /// Blocks of this arena holding its own metadata (caches, slot chunks).
-    pub(crate) meta_blocks: AtomicU64,
-    /// Allocations and frees by threads without a front cache.
-    pub(crate) orphan_allocs: [AtomicU64; NUM_CLASSES],
-    pub(crate) orphan_frees: [AtomicU64; NUM_CLASSES],
     /// Large blocks (spans and huge): allocations, frees, bytes in use.
     pub(crate) large_allocs: AtomicU64,
     pub(crate) large_frees: AtomicU64,
     pub(crate) large_bytes: AtomicU64,
     pub(crate) pool: Mutex<Pool>,
-    pub(crate) reg: UnsafeCell<RegLinks>,
 }
 
 /// Offset of the arena state in its home SuperSlab.
@@ -66,8 +124,8 @@ const _: () = assert!(core::mem::align_of::<ArenaState>() <= 64);
 /// `&SmallMidArena` and free any block; each thread is served from its own
 /// front cache, with no atomic operation and no lock on the fast path.
 /// Memory freed inside the arena is reused at once. Dropping the arena
-/// releases everything still allocated in it, at once, into a process-wide
-/// warm cache that the next arena takes from.
+/// releases everything still allocated in it, at once; its memory stays
+/// warm for the next arena.
 ///
 /// The handle is one pointer; the state it points to never moves, so the
 /// handle may be moved (into an `Arc`, across threads) while blocks are live.
@@ -87,7 +145,7 @@ pub struct SmallMidArena {
 }
 
 // SAFETY: all shared state behind the handle is synchronized: per-thread
-// caches by thread index, the rest by the class, pool and registry locks.
+// caches by thread index, the rest by the class, pool and members locks.
 unsafe impl Send for SmallMidArena {}
 // SAFETY: as above; `&SmallMidArena` is meant to be shared across threads.
 unsafe impl Sync for SmallMidArena {}
@@ -95,8 +153,8 @@ unsafe impl Sync for SmallMidArena {}
 impl SmallMidArena {
     /// Creates an arena with default settings.
     ///
-    /// Takes one SuperSlab from the warm cache (no system call when one is
-    /// cached), or maps one.
+    /// Takes this thread's recycled spare arena (no lock, no system call)
+    /// or one SuperSlab from the warm cache, or maps one.
     ///
     /// # Panics
     /// If the OS refuses memory; see [`Self::try_new`].
@@ -148,6 +206,41 @@ impl SmallMidArena {
         unsafe { self.state.as_ref() }
     }
 
+    /// Frees every block of the arena at once and keeps its memory warm for
+    /// what comes next, like `bumpalo::Bump::reset`.
+    ///
+    /// Whichever threads used the arena, their front caches are detached
+    /// (each costs that thread's record lock, uncontended unless the thread
+    /// is exiting); then every slab is reset in place: per size class the
+    /// calling thread's cache used, one slab goes back to that cache whole,
+    /// as its bump range, so the next allocation of the class is a bump;
+    /// other slabs and spans return to the arena's pool, huge blocks are
+    /// unmapped. Nothing is unmapped but huge blocks, and no memory is
+    /// written but the slab headers. Cost: O(SuperSlabs + threads that used
+    /// the arena), about what dropping and re-creating it costs, minus the
+    /// create.
+    ///
+    /// `&mut self` guarantees that no collection or `ArenaBox` borrowing
+    /// the arena is alive.
+    ///
+    /// # Example
+    /// ```
+    /// use allocator_api2::vec::Vec;
+    /// let mut arena = smallmid::SmallMidArena::new();
+    /// for request in 0..3u64 {
+    ///     let mut v = Vec::new_in(&arena);
+    ///     v.extend(0..100 * request);
+    ///     drop(v);
+    ///     arena.reset();
+    ///     assert_eq!(arena.stats().blocks_in_use, 0);
+    /// }
+    /// ```
+    pub fn reset(&mut self) {
+        // SAFETY: `&mut self` proves no borrow of the arena is alive, so no
+        // other thread allocates or frees here and no block is used again.
+        unsafe { self.state().reset_all() };
+    }
+
     /// Returns the blocks the calling thread's front cache holds for this
     /// arena, so that other threads can reuse them (a thread's cache is
     /// also returned when the thread exits). Useful before a thread goes
@@ -164,6 +257,13 @@ impl SmallMidArena {
     }
 
     /// The memory limit this arena was built with (`usize::MAX` if none).
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::builder().memory_limit(4 << 20).build();
+    /// assert_eq!(arena.memory_limit(), 4 << 20);
+    /// assert_eq!(smallmid::SmallMidArena::new().memory_limit(), usize::MAX);
+    /// ```
     pub fn memory_limit(&self) -> usize {
         self.state().limit.load(Ordering::Relaxed) as usize
     }
@@ -176,44 +276,228 @@ impl Default for SmallMidArena {
 }
 
 impl fmt::Debug for SmallMidArena {
+    /// Cheap: no lock, no walk (see [`SmallMidArena::stats`] for counters).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SmallMidArena")
-            .field("stats", &self.stats())
+            .field("state", &self.state)
+            .field("memory_limit", &self.memory_limit())
             .finish()
     }
 }
 
 impl Drop for SmallMidArena {
     fn drop(&mut self) {
-        registry::count_live(-1);
+        thread::count_live(-1);
         // SAFETY: we hold the only handle, so no allocation or free of ours
         // is in flight and every block is dead from now on.
-        unsafe {
-            if !recycle::keep(self.state.as_ptr()) {
-                ArenaState::destroy(self.state.as_ptr());
-            }
-        }
+        unsafe { ArenaState::recycle_or_destroy(self.state.as_ptr()) }
     }
 }
 
 impl ArenaState {
-    /// Releases an arena: huge blocks to the OS, SuperSlabs to the warm cache.
+    /// Keeps a handle-less arena as this thread's spare (reset), or
+    /// destroys it.
+    ///
+    /// # Safety
+    /// No handle to the arena remains and none of its blocks is used again.
+    unsafe fn recycle_or_destroy(state: *mut ArenaState) {
+        // SAFETY: the state is live until destroyed (contract).
+        let a = unsafe { &*state };
+        let small = lock(&a.pool).superslabs <= MAX_SPARE_SUPERSLABS;
+        if small && thread::current_tid() != thread::DEAD {
+            // SAFETY: exclusive (contract).
+            unsafe { a.reset_all() };
+            match thread::swap_spare(state) {
+                Ok(old) if old.is_null() => return,
+                // SAFETY: the old spare had no handle; only the slot held it.
+                Ok(old) => return unsafe { ArenaState::destroy(old) },
+                Err(_) => {}
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { ArenaState::destroy(state) }
+    }
+
+    /// Detaches the front caches of every thread but `keep`'s (see
+    /// [`crate::thread`] for the protocol).
+    ///
+    /// # Safety
+    /// The arena is owned exclusively: no thread allocates or frees in it.
+    unsafe fn detach(&self, keep: u32) {
+        let mut owners: SmallVec<[(usize, *const ThreadRecord); 8]> = SmallVec::new();
+        {
+            let m = lock(&self.members);
+            if m.caches == 0 {
+                return;
+            }
+            self.for_each_cache(&m, |tid, _| {
+                if tid != keep as usize {
+                    let rec = self.owner_of_slot(&m, tid).unwrap_or(core::ptr::null());
+                    // SAFETY: an attached cache holds a reference to its
+                    // owner, so the record is alive while we pin it.
+                    unsafe { (*rec).pin() };
+                    owners.push((tid, rec));
+                }
+            });
+        }
+        if owners.is_empty() {
+            return;
+        }
+        for &(_, rec) in &owners {
+            // SAFETY: pinned above.
+            unsafe { (*rec).forget(self) };
+        }
+        let mut m = lock(&self.members);
+        for &(tid, rec) in &owners {
+            // Still attached (its thread did not retire it meanwhile) and
+            // unlisted: retire it for its thread.
+            if self.owner_of_slot(&m, tid) == Some(rec) {
+                let slot = self.slot(tid, false).expect("slot of an attached cache");
+                // SAFETY: exclusive arena; the owner's exit no longer
+                // visits it (unlisted above). Its blocks are freed wholesale
+                // by the caller, so no flush.
+                if let Some(o) = unsafe { self.retire(&mut m, slot, tid as u32, false) } {
+                    // SAFETY: the retired cache's reference.
+                    unsafe { ThreadRecord::unref(o) };
+                }
+            }
+        }
+        drop(m);
+        for (_, rec) in owners {
+            // SAFETY: our pin.
+            unsafe { ThreadRecord::unref(rec) };
+        }
+    }
+
+    /// Frees every block: other threads' caches are detached, every slab is
+    /// reset, and the calling thread's cache keeps one whole slab per class
+    /// it used (see the module docs).
+    ///
+    /// # Safety
+    /// The arena is owned exclusively and none of its blocks is used again.
+    pub(crate) unsafe fn reset_all(&self) {
+        let own = thread::current_tid();
+        // SAFETY: forwarded contract.
+        unsafe { self.detach(own) };
+        let own_cache = self.own_cache();
+        let mut ranges: [Option<(*mut u8, *mut u8)>; NUM_CLASSES] = [None; NUM_CLASSES];
+        // Classes that keep a slab: those the calling thread's cache used.
+        let mut wanted: u64 = 0;
+        if let Some(c) = own_cache {
+            // SAFETY: our own cache.
+            wanted = unsafe { c.with(|i| i.clear()) };
+            let mut m = lock(&self.members);
+            m.fold(&c.counters, wanted); // takes (zeroes) the cache's counters
+            m.zero();
+        } else {
+            lock(&self.members).zero();
+        }
+        let mut seen: u64 = 0;
+        let mut release: SmallVec<[(*const SuperSlab, usize, bool); 16]> = SmallVec::new();
+        let mut pool = lock(&self.pool);
+        // SAFETY: no huge block is used again (contract).
+        unsafe { large::unmap_all_huge(&mut pool) };
+        for ss in pool.all_superslabs() {
+            let ss = ss.as_ptr() as *const SuperSlab;
+            // SAFETY: pool lock held.
+            let free = unsafe { SuperSlab::links(ss, |l| l.free_mask) };
+            for idx in 0..SLABS {
+                if free & (1 << idx) != 0 {
+                    continue;
+                }
+                // SAFETY: exclusive ownership stands in for the class locks
+                // (nobody else can reach a slab); the pool lock is held.
+                unsafe {
+                    (*ss).slabs[idx].with(|s| match s.use_ {
+                        Use::Class(c) => {
+                            let c = c as usize;
+                            seen |= 1 << c;
+                            let start = s.end.wrapping_sub(s.capacity as usize * s.size as usize);
+                            crate::asan::poison(start, s.end as usize - start as usize);
+                            s.in_partial = false;
+                            if wanted & (1 << c) != 0 && ranges[c].is_none() {
+                                // As right after a fresh refill: all of it
+                                // in the cache.
+                                s.used = s.capacity;
+                                s.free = null_mut();
+                                s.free_count = 0;
+                                s.bump = s.end;
+                                ranges[c] = Some((start, s.end));
+                            } else {
+                                s.use_ = Use::Free;
+                                release.push((ss, idx, false));
+                            }
+                        }
+                        Use::SpanHead(k) => {
+                            crate::asan::poison(
+                                SuperSlab::slab_start(ss, idx),
+                                k as usize * SLAB_SIZE,
+                            );
+                            release.push((ss, idx, true));
+                        }
+                        Use::Free | Use::SpanTail => {}
+                    })
+                };
+            }
+        }
+        for (ss, idx, span) in release {
+            // SAFETY: every block is free; the slab or span is unused.
+            unsafe {
+                if span {
+                    pool.release_span(ss, idx);
+                } else {
+                    pool.release_slab(ss, idx);
+                }
+            }
+        }
+        drop(pool);
+        while seen != 0 {
+            lock(&self.classes[seen.trailing_zeros() as usize]).clear();
+            seen &= seen - 1;
+        }
+        if let Some(c) = own_cache {
+            // SAFETY: our own cache.
+            unsafe {
+                c.with(|i| {
+                    for (class, r) in ranges.iter().enumerate() {
+                        if let Some((bump, end)) = *r {
+                            i.set_range(class, bump, end);
+                        }
+                    }
+                })
+            };
+        }
+        for a in [&self.large_allocs, &self.large_frees, &self.large_bytes] {
+            a.store(0, Ordering::Relaxed);
+        }
+        self.checked.clear();
+    }
+
+    /// The calling thread's cache here, if attached.
+    fn own_cache(&self) -> Option<&ThreadCache> {
+        let p = self
+            .slot(thread::current_tid() as usize, false)?
+            .load(Ordering::Relaxed);
+        // SAFETY: attached caches live until retired.
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    /// Releases an arena: caches detached, huge blocks to the OS,
+    /// SuperSlabs to the warm cache.
     ///
     /// # Safety
     /// No handle to the arena remains and none of its blocks is used again.
     pub(crate) unsafe fn destroy(state: *mut ArenaState) {
-        // SAFETY: after `unregister` no exiting thread visits the state, so
-        // it may be destroyed and its memory handed on.
+        // SAFETY: live until here; exclusive (contract).
         unsafe {
-            registry::unregister(state);
+            let a = &*state;
+            a.detach(u32::MAX); // every cache, the calling thread's too
+            a.free_chunks();
             let superslabs = {
-                let mut pool = lock(&(*state).pool);
+                let mut pool = lock(&a.pool);
                 large::unmap_all_huge(&mut pool);
                 pool.all_superslabs()
             };
-            // Any access racing the destroy now races this write, which
-            // loom reports (the memory itself outlives the model).
-            (*state).reg.with_mut(|l| *l = RegLinks::new());
             core::ptr::drop_in_place(state);
             for ss in &superslabs {
                 // Everything but the headers: a block used after the drop is caught.
@@ -243,8 +527,16 @@ pub struct Builder {
 impl Builder {
     /// Caps the memory this arena holds from the OS (SuperSlabs and huge
     /// blocks at their mapped size). Past it, allocation returns
-    /// `AllocError`; freeing makes room again. At least one SuperSlab
-    /// (1 MiB) is needed to build the arena.
+    /// `AllocError`; freeing makes room again (blocks freed into the
+    /// allocating thread's front cache are reclaimed before an allocation
+    /// is refused). At least one SuperSlab (1 MiB) is needed to build the
+    /// arena.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::builder().memory_limit(1 << 20).build();
+    /// assert!(arena.try_alloc([0u8; 2 << 20]).is_err());
+    /// ```
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
         self
@@ -262,6 +554,12 @@ impl Builder {
     ///
     /// # Panics
     /// If the OS refuses memory or the memory limit is below 1 MiB.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::builder().build();
+    /// # drop(arena);
+    /// ```
     pub fn build(self) -> SmallMidArena {
         match self.try_build() {
             Ok(a) => a,
@@ -276,6 +574,11 @@ impl Builder {
     /// # Errors
     /// `AllocError` if the OS refuses memory or the memory limit is below
     /// one SuperSlab (1 MiB).
+    ///
+    /// # Example
+    /// ```
+    /// assert!(smallmid::SmallMidArena::builder().memory_limit(4096).try_build().is_err());
+    /// ```
     pub fn try_build(self) -> Result<SmallMidArena, AllocError> {
         if let Some(bytes) = self.warm_cache_limit {
             warm::set_limit_bytes(bytes);
@@ -283,9 +586,8 @@ impl Builder {
         if self.memory_limit < SUPERSLAB_SIZE {
             return Err(AllocError);
         }
-        // SAFETY: a spare has no handle; this becomes its only one.
-        if let Some(state) = unsafe { recycle::take(self.memory_limit) } {
-            registry::count_live(1);
+        if let Some(state) = take_spare(self.memory_limit) {
+            thread::count_live(1);
             return Ok(SmallMidArena { state });
         }
         let base = warm::acquire().ok_or(AllocError)?.as_ptr();
@@ -298,27 +600,46 @@ impl Builder {
                 slots: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
                 chunks: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
                 classes: core::array::from_fn(|_| Mutex::new(ClassList::new())),
-                nonempty: core::array::from_fn(|_| AtomicBool::new(false)),
+                members: Mutex::new(Members::new()),
                 first_cache: ThreadCache::new(),
-                first_cache_taken: AtomicBool::new(false),
-                shared: AtomicBool::new(false),
-                dirty: AtomicBool::new(false),
                 checked: Checked::new(),
                 limit: AtomicU64::new(self.memory_limit as u64),
-                meta_blocks: AtomicU64::new(0),
-                orphan_allocs: core::array::from_fn(|_| AtomicU64::new(0)),
-                orphan_frees: core::array::from_fn(|_| AtomicU64::new(0)),
                 large_allocs: AtomicU64::new(0),
                 large_frees: AtomicU64::new(0),
                 large_bytes: AtomicU64::new(0),
                 pool: Mutex::new(Pool::new(state, home)),
-                reg: UnsafeCell::new(RegLinks::new()),
             });
-            registry::register(state);
-            registry::count_live(1);
+            thread::count_live(1);
             Ok(SmallMidArena {
                 state: NonNull::new_unchecked(state),
             })
+        }
+    }
+}
+
+/// This thread's spare arena, set to `limit`, if it has one that fits.
+fn take_spare(limit: usize) -> Option<NonNull<ArenaState>> {
+    let p = NonNull::new(thread::swap_spare(null_mut()).ok()?)?;
+    // SAFETY: spares are live until destroyed.
+    let a = unsafe { p.as_ref() };
+    let unlimited = limit == usize::MAX && a.limit.load(Ordering::Relaxed) == u64::MAX;
+    if !unlimited {
+        if lock(&a.pool).held_bytes() > limit {
+            // SAFETY: the spare has no handle.
+            unsafe { ArenaState::destroy(p.as_ptr()) };
+            return None;
+        }
+        a.limit.store(limit as u64, Ordering::Relaxed);
+    }
+    Some(p)
+}
+
+/// Destroys this thread's spare arena, if any.
+pub(crate) fn release_spare() {
+    if let Ok(p) = thread::swap_spare(null_mut()) {
+        if !p.is_null() {
+            // SAFETY: a spare has no handle; we took it from its only slot.
+            unsafe { ArenaState::destroy(p) };
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::central::ClassList;
 use crate::size_class::{class_for, NUM_CLASSES};
 use crate::slab::{Slab, Use};
 use crate::superslab::{SuperSlab, SLABS};
-use crate::sync::{lock, Ordering};
+use crate::sync::lock;
 
 /// What [`SmallMidArena::audit`] counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,8 +18,7 @@ use crate::sync::{lock, Ordering};
 pub struct Audit {
     /// Slabs per size class.
     per_class: [u32; NUM_CLASSES],
-    /// Slab blocks out of their slabs, with users or in front caches (not
-    /// counting the arena's own metadata blocks).
+    /// Slab blocks out of their slabs, with users or in front caches.
     pub blocks_out: usize,
     /// Slabs serving a size class.
     pub class_slabs: usize,
@@ -56,6 +55,7 @@ impl SmallMidArena {
     #[doc(hidden)]
     pub fn audit(&self) -> Audit {
         let st = self.state();
+        let members = lock(&st.members);
         let lists: Vec<_> = st.classes.iter().map(lock).collect();
         let pool = lock(&st.pool);
         let mut a = Audit {
@@ -103,11 +103,12 @@ impl SmallMidArena {
                 };
             }
         }
-        let meta = st.meta_blocks.load(Ordering::Relaxed) as usize;
-        a.blocks_out = a
-            .blocks_out
-            .checked_sub(meta)
-            .expect("metadata blocks missing from their slabs");
+        let mut attached = 0;
+        st.for_each_cache(&members, |_, _| attached += 1);
+        assert_eq!(
+            attached, members.caches,
+            "cache count disagrees with the slots"
+        );
         for (class, list) in lists.iter().enumerate() {
             let mut n = 0;
             list.for_each(|slab: *const Slab| {
@@ -130,11 +131,6 @@ impl SmallMidArena {
             assert_eq!(
                 n, on_lists[class],
                 "class {class}: list length disagrees with the slabs"
-            );
-            assert_eq!(
-                st.nonempty[class].load(Ordering::Relaxed),
-                n > 0,
-                "class {class}: stale hint"
             );
         }
         a

@@ -1,5 +1,5 @@
-//! The per-thread front cache: one per (thread, arena), living inside the
-//! arena, found through the thread's dense index.
+//! The per-thread front cache: one per (thread, arena), found through the
+//! thread's dense index in the arena's slot table.
 //!
 //! A thread-local holds only the thread's index, never a pointer into an
 //! arena, so nothing dangles when an arena is dropped. The arena keeps a
@@ -10,23 +10,23 @@
 //!
 //! Each cache holds, per size class, a free list and a bump range of
 //! uncarved blocks. A full list flushes half of itself to the central
-//! lists; an empty one refills a batch. When a thread exits, its caches in
-//! every live arena are returned (see [`crate::registry`]) and the empty
-//! cache stays in the slot for the next thread given that index.
+//! lists; an empty one refills a batch. Caches are metadata on the global
+//! heap (the arena's first one sits inside the arena state), never blocks
+//! of the arena's own slabs, so a retired cache pins nothing: when its
+//! thread exits (see [`crate::thread`]) or the arena is reset or dropped,
+//! the cache is retired: its blocks go back to their slabs, its counters
+//! are folded into the arena's, and its memory is freed.
 //!
-//! Invariant: a cache is touched only by the thread whose index names its
-//! slot (alloc, free, and that thread's exit flush); its blocks are counted
-//! as `used` by their slabs.
+//! Invariant: a cache's lists are touched only by the thread whose index
+//! names its slot, or by whoever owns the arena exclusively (reset, drop);
+//! its blocks are counted as `used` by their slabs. A slot changes (a cache
+//! attached or retired) only under the arena's members lock.
 
-use crate::arena::ArenaState;
-use crate::registry;
-use crate::size_class::{index_for_size, CACHE_CAP, CLASS_ALIGN, CLASS_SIZE, NUM_CLASSES};
-use crate::slab::SLAB_SIZE;
+use crate::arena::{ArenaState, Members};
+use crate::size_class::{CACHE_CAP, CLASS_SIZE, NUM_CLASSES};
 use crate::slab::{next_of, set_next, Batch};
-use crate::superslab::{SuperSlab, META};
-use crate::sync::lock;
-use crate::sync::{bump, thread_local_const, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
-use core::cell::Cell;
+use crate::sync::{bump, lock, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
+use crate::thread::{self, ThreadRecord};
 use core::ptr::{null_mut, NonNull};
 
 /// Cache slots stored inline in the arena state.
@@ -36,49 +36,42 @@ pub(crate) const CHUNKS: usize = 63;
 /// Threads alive at once that get a front cache.
 pub(crate) const MAX_TIDS: usize = INLINE_SLOTS * (CHUNKS + 1);
 
-const NO_TID: u32 = u32::MAX;
-/// This thread's thread-locals are being destroyed: no cache any more.
-const DEAD: u32 = u32::MAX - 1;
-
 /// A chunk of cache slots.
 pub(crate) type SlotChunk = [AtomicPtr<ThreadCache>; INLINE_SLOTS];
 
 const EMPTY: ClassCache = ClassCache {
     head: null_mut(),
     count: 0,
+    cap: 0,
     bump: null_mut(),
     end: null_mut(),
 };
 
 /// One class's part of a front cache.
 #[derive(Clone, Copy, Debug)]
-struct ClassCache {
+pub(crate) struct ClassCache {
     /// Free list of `count` blocks.
     head: *mut u8,
     count: u32,
+    /// Blocks the list may hold: 0 until the class is touched, so the
+    /// first free of a class takes the slow path and marks it.
+    cap: u32,
     /// Uncarved blocks `[bump, end)` taken from one slab.
     bump: *mut u8,
     end: *mut u8,
 }
 
-/// Free slabs a cache keeps so that a burst of new classes (a fresh
-/// per-request arena touches twenty) takes the pool lock once per few.
-const STASH: usize = 4;
-
 /// What a front cache holds (see the module docs).
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     lists: [ClassCache; NUM_CLASSES],
-    /// Free slabs taken from the pool, `stash[..stashed]`, not yet used.
-    stash: [(*const SuperSlab, usize); STASH],
-    stashed: usize,
-    /// Bit `c` set: class `c` has gone through the slow path here, so its
-    /// counters may be non-zero (a recycled arena zeroes just those).
+    /// Bit `c` set: class `c` went through the slow path, so its counters
+    /// may be non-zero (others are zero: retiring and reset skip them).
     touched: u64,
 }
 
 /// Per-class counters of one cache. Written only by the owning thread (with
-/// [`bump`]), read by anyone (`stats()`).
+/// [`bump`]), read by anyone holding the arena's members lock.
 #[derive(Debug, Default)]
 pub(crate) struct ClassCounters {
     pub(crate) allocs: AtomicU64,
@@ -90,100 +83,106 @@ pub(crate) struct ClassCounters {
     pub(crate) cross: AtomicU64,
 }
 
+/// Plain per-class counts: what retired caches and cacheless threads did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) allocs: u64,
+    pub(crate) frees: u64,
+    pub(crate) refills: u64,
+    pub(crate) flushes: u64,
+    pub(crate) cross: u64,
+}
+
+impl ClassCounters {
+    /// Reads and zeroes the counters (exclusive access: no concurrent bump).
+    pub(crate) fn take(&self) -> Counts {
+        let t = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
+        Counts {
+            allocs: t(&self.allocs),
+            frees: t(&self.frees),
+            refills: t(&self.refills),
+            flushes: t(&self.flushes),
+            cross: t(&self.cross),
+        }
+    }
+
+    pub(crate) fn read(&self) -> Counts {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counts {
+            allocs: r(&self.allocs),
+            frees: r(&self.frees),
+            refills: r(&self.refills),
+            flushes: r(&self.flushes),
+            cross: r(&self.cross),
+        }
+    }
+}
+
+impl Counts {
+    pub(crate) fn add(&mut self, o: Counts) {
+        self.allocs += o.allocs;
+        self.frees += o.frees;
+        self.refills += o.refills;
+        self.flushes += o.flushes;
+        self.cross += o.cross;
+    }
+}
+
 /// The front cache of one thread in one arena.
 #[derive(Debug)]
 pub(crate) struct ThreadCache {
     inner: UnsafeCell<Inner>,
     pub(crate) counters: [ClassCounters; NUM_CLASSES],
+    /// The owning thread's record; set when attached (members lock).
+    owner: AtomicPtr<ThreadRecord>,
 }
-
-/// Size class whose blocks hold the caches themselves.
-const CACHE_CLASS: usize = index_for_size(core::mem::size_of::<ThreadCache>());
-const _: () = assert!(core::mem::align_of::<ThreadCache>() <= CLASS_ALIGN[CACHE_CLASS] as usize);
-const CHUNK_CLASS: usize = index_for_size(core::mem::size_of::<SlotChunk>());
-const _: () = assert!(core::mem::align_of::<SlotChunk>() <= CLASS_ALIGN[CHUNK_CLASS] as usize);
 
 impl ThreadCache {
     pub(crate) fn new() -> Self {
         ThreadCache {
             inner: UnsafeCell::new(Inner {
                 lists: [EMPTY; NUM_CLASSES],
-                stash: [(core::ptr::null(), 0); STASH],
-                stashed: 0,
                 touched: 0,
             }),
             counters: core::array::from_fn(|_| ClassCounters::default()),
+            owner: AtomicPtr::new(null_mut()),
         }
     }
 
     /// # Safety
-    /// Called by the thread owning this cache, not reentrantly.
+    /// Called by the thread owning this cache (or with the arena owned
+    /// exclusively), not reentrantly.
     #[inline(always)]
-    unsafe fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+    pub(crate) unsafe fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         self.inner.with_mut(|i| {
-            // SAFETY: only the owning thread touches its cache (type invariant).
+            // SAFETY: only the owner touches its cache (type invariant).
             f(unsafe { &mut *i })
         })
     }
 }
 
-struct ThreadGuard {
-    tid: Cell<u32>,
-    /// This thread's recycled arena, if any (see [`crate::recycle`]).
-    spare: Cell<*mut ArenaState>,
-}
-
-impl Drop for ThreadGuard {
-    fn drop(&mut self) {
-        let spare = self.spare.replace(null_mut());
-        if !spare.is_null() {
-            // SAFETY: a spare arena has no handle; only this slot holds it.
-            unsafe { ArenaState::destroy(spare) };
-        }
-        let tid = self.tid.get();
-        if tid != NO_TID {
-            let _ = TID.try_with(|t| t.set(DEAD));
-            registry::release_thread(tid);
-        }
+impl Inner {
+    /// Gives class `class` the uncarved range `[bump, end)`.
+    pub(crate) fn set_range(&mut self, class: usize, bump: *mut u8, end: *mut u8) {
+        let l = &mut self.lists[class];
+        *l = EMPTY;
+        l.cap = CACHE_CAP[class];
+        l.bump = bump;
+        l.end = end;
+        self.touched |= 1 << class;
     }
-}
 
-thread_local_const! {
-    /// This thread's index, read on every alloc and free (no destructor, so
-    /// reading it is a single thread-relative load).
-    static TID: Cell<u32> = Cell::new(NO_TID);
-}
-thread_local_const! {
-    /// Registered on first use; its destructor returns the thread's caches.
-    static GUARD: ThreadGuard = ThreadGuard { tid: Cell::new(NO_TID), spare: Cell::new(null_mut()) };
-}
-
-#[inline(always)]
-fn current_tid() -> u32 {
-    TID.try_with(Cell::get).unwrap_or(DEAD)
-}
-
-/// The index recorded as a slab's taker (for cross-thread counts).
-#[inline]
-fn tid_of_cache() -> u32 {
-    current_tid()
-}
-
-#[cold]
-fn assign_tid() -> u32 {
-    let tid = registry::acquire_tid();
-    if GUARD.try_with(|g| g.tid.set(tid)).is_err() {
-        registry::release_thread(tid);
-        let _ = TID.try_with(|t| t.set(DEAD));
-        return DEAD;
+    /// Forgets every block (they were freed wholesale) and returns the
+    /// touched mask.
+    pub(crate) fn clear(&mut self) -> u64 {
+        self.lists = [EMPTY; NUM_CLASSES];
+        core::mem::take(&mut self.touched)
     }
-    let _ = TID.try_with(|t| t.set(tid));
-    tid
 }
 
 impl ArenaState {
     /// The slot of thread `tid`, creating its chunk if asked.
-    fn slot(&self, tid: usize, create: bool) -> Option<&AtomicPtr<ThreadCache>> {
+    pub(crate) fn slot(&self, tid: usize, create: bool) -> Option<&AtomicPtr<ThreadCache>> {
         if tid < INLINE_SLOTS {
             return Some(&self.slots[tid]);
         }
@@ -196,18 +195,14 @@ impl ArenaState {
             if !create {
                 return None;
             }
-            let mem = self.alloc_one(CHUNK_CLASS)?.cast::<SlotChunk>();
-            crate::asan::unpoison(mem.cast(), core::mem::size_of::<SlotChunk>());
-            // SAFETY: a fresh block of a class that fits a chunk.
-            unsafe { mem.write(core::array::from_fn(|_| AtomicPtr::new(null_mut()))) };
+            let mem = Box::into_raw(Box::new(core::array::from_fn(|_| {
+                AtomicPtr::new(null_mut())
+            })));
             match cell.compare_exchange(null_mut(), mem, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    self.meta_blocks.fetch_add(1, Ordering::Relaxed);
-                    chunk = mem;
-                }
+                Ok(_) => chunk = mem,
                 Err(winner) => {
                     // SAFETY: our chunk was never published.
-                    unsafe { self.free_one(CHUNK_CLASS, mem.cast()) };
+                    drop(unsafe { Box::from_raw(mem) });
                     chunk = winner;
                 }
             }
@@ -219,46 +214,138 @@ impl ArenaState {
     /// This thread's cache in this arena, if it has one.
     #[inline(always)]
     fn cache(&self) -> Option<&ThreadCache> {
-        let tid = current_tid() as usize;
+        let tid = thread::current_tid() as usize;
         let slot = if tid < INLINE_SLOTS {
             &self.slots[tid]
         } else {
             self.slot(tid, false)?
         };
-        // Relaxed: the slot is written by this thread, or by an earlier
-        // thread with this index before the registry handed the index over.
+        // Relaxed: only this thread, or an exclusive owner of the arena
+        // (ordered with us by whatever handed the arena back), writes it.
         let p = slot.load(Ordering::Relaxed);
-        // SAFETY: published caches live as long as the arena.
+        // SAFETY: an attached cache lives until retired, which only this
+        // thread or an exclusive owner does.
         (!p.is_null()).then(|| unsafe { &*p })
     }
 
+    /// Attaches a cache for this thread, unless it cannot have one.
     #[cold]
     fn cache_or_create(&self) -> Option<&ThreadCache> {
-        let mut tid = current_tid();
-        if tid == NO_TID {
-            tid = assign_tid();
-        }
-        let slot = self.slot(tid as usize, true)?;
-        let p = slot.load(Ordering::Acquire);
+        let rec = thread::current()?;
+        let slot = self.slot(rec.tid as usize, true)?;
+        let p = slot.load(Ordering::Relaxed);
         if !p.is_null() {
-            // SAFETY: published caches live as long as the arena.
+            // SAFETY: as in `cache`.
             return Some(unsafe { &*p });
         }
-        let mem = if !self.first_cache_taken.swap(true, Ordering::Relaxed) {
-            // The first thread uses the cache inside the arena state.
+        rec.attach(self); // record first: lock order record, members
+        let mut m = lock(&self.members);
+        let mem = if !m.first_taken {
+            m.first_taken = true;
             &self.first_cache as *const ThreadCache as *mut ThreadCache
         } else {
-            let mem = self.alloc_one(CACHE_CLASS)?.cast::<ThreadCache>();
-            crate::asan::unpoison(mem.cast(), core::mem::size_of::<ThreadCache>());
-            // SAFETY: a fresh block of a class that fits a cache.
-            unsafe { mem.write(ThreadCache::new()) };
-            self.shared.store(true, Ordering::Relaxed);
-            self.meta_blocks.fetch_add(1, Ordering::Relaxed);
-            mem
+            Box::into_raw(Box::new(ThreadCache::new()))
         };
+        // SAFETY: a fresh or retired (empty, zeroed) cache, not in a slot.
+        let c = unsafe { &*mem };
+        c.owner
+            .store(rec as *const ThreadRecord as *mut _, Ordering::Relaxed);
+        m.caches += 1;
         slot.store(mem, Ordering::Release);
-        // SAFETY: just initialized; lives as long as the arena.
-        Some(unsafe { &*mem })
+        Some(c)
+    }
+
+    /// Retires the cache in `slot`: with `flush`, its blocks and ranges go
+    /// back to their slabs (else the caller resets every slab); its counters
+    /// are folded into the arena's; its memory is freed. Returns its owner.
+    ///
+    /// # Safety
+    /// `m` is this arena's members lock; the cache's owner is the calling
+    /// thread, or the arena is owned exclusively and its owner cannot run
+    /// its exit for this arena (see [`crate::thread`]).
+    pub(crate) unsafe fn retire(
+        &self,
+        m: &mut Members,
+        slot: &AtomicPtr<ThreadCache>,
+        tid: u32,
+        flush: bool,
+    ) -> Option<*const ThreadRecord> {
+        let p = slot.load(Ordering::Relaxed);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: attached caches are live; per contract nobody else uses it.
+        let c = unsafe { &*p };
+        if flush {
+            // SAFETY: as above.
+            unsafe { self.flush_cache(c, tid) };
+        }
+        // SAFETY: as above.
+        let touched = unsafe { c.with(Inner::clear) };
+        m.fold(&c.counters, touched);
+        slot.store(null_mut(), Ordering::Release);
+        m.caches -= 1;
+        let owner = c.owner.swap(null_mut(), Ordering::Relaxed);
+        if core::ptr::eq(p, &self.first_cache) {
+            m.first_taken = false;
+        } else {
+            // SAFETY: came from `Box::into_raw` in `cache_or_create`.
+            drop(unsafe { Box::from_raw(p) });
+        }
+        Some(owner)
+    }
+
+    /// Retires the calling (exiting) thread's cache; whether there was one.
+    ///
+    /// # Safety
+    /// `m` is this arena's members lock; `tid` is the caller's index.
+    pub(crate) unsafe fn retire_own(&self, m: &mut Members, tid: u32) -> bool {
+        match self.slot(tid as usize, false) {
+            // SAFETY: the caller owns the cache in its own slot.
+            Some(slot) => unsafe { self.retire(m, slot, tid, true) }.is_some(),
+            None => false,
+        }
+    }
+
+    /// Calls `f(tid, cache)` for every attached cache (members lock held).
+    pub(crate) fn for_each_cache(&self, _m: &Members, mut f: impl FnMut(usize, &ThreadCache)) {
+        let mut visit = |tid: usize, slot: &AtomicPtr<ThreadCache>| {
+            let p = slot.load(Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: attached caches live until retired, which takes
+                // the members lock the caller holds.
+                f(tid, unsafe { &*p });
+            }
+        };
+        self.slots.iter().enumerate().for_each(|(t, s)| visit(t, s));
+        for (k, chunk) in self.chunks.iter().enumerate() {
+            let chunk = chunk.load(Ordering::Acquire);
+            if !chunk.is_null() {
+                // SAFETY: published chunks live as long as the arena.
+                let chunk = unsafe { &*chunk };
+                for (i, s) in chunk.iter().enumerate() {
+                    visit((k + 1) * INLINE_SLOTS + i, s);
+                }
+            }
+        }
+    }
+
+    /// The owner record of the cache in thread `tid`'s slot (members lock).
+    pub(crate) fn owner_of_slot(&self, _m: &Members, tid: usize) -> Option<*const ThreadRecord> {
+        let p = self.slot(tid, false)?.load(Ordering::Relaxed);
+        // SAFETY: attached caches live until retired (members lock held).
+        (!p.is_null()).then(|| unsafe { (*p).owner.load(Ordering::Relaxed) as *const _ })
+    }
+
+    /// Frees the slot chunks (the arena is being destroyed, no cache left).
+    pub(crate) fn free_chunks(&self) {
+        for cell in &self.chunks {
+            let p = cell.swap(null_mut(), Ordering::Relaxed);
+            if !p.is_null() {
+                // SAFETY: came from `Box::into_raw` in `slot`; unpublished now.
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
     }
 
     /// Allocates a block of `class`.
@@ -301,11 +388,12 @@ impl ArenaState {
     fn alloc_small_slow(&self, class: usize) -> Option<NonNull<u8>> {
         let Some(c) = self.cache_or_create() else {
             let b = NonNull::new(self.alloc_one(class)?);
-            self.orphan_allocs[class].fetch_add(1, Ordering::Relaxed);
+            lock(&self.members).count_orphan(class, 1, 0);
             return b;
         };
         let size = CLASS_SIZE[class] as usize;
         let counters = &c.counters[class];
+        let tid = thread::current_tid();
         // SAFETY: this thread owns its cache; refilled blocks are free.
         let b = unsafe {
             c.with(|i| {
@@ -318,27 +406,8 @@ impl ArenaState {
                 debug_assert!(l.head.is_null());
                 bump(&counters.refills, 1);
                 i.touched |= 1 << class;
-                let had_range = !l.end.is_null();
-                let batch = match self.refill(class, tid_of_cache()) {
-                    Some(batch) => batch,
-                    None => {
-                        if had_range {
-                            self.mark_dirty(); // a second fresh slab for this class
-                        }
-                        if i.stashed == 0 {
-                            i.stashed = lock(&self.pool).take_slabs(&mut i.stash);
-                            if i.stashed == 0 {
-                                return None;
-                            }
-                            i.stash[..i.stashed].reverse(); // use in address order
-                        }
-                        i.stashed -= 1;
-                        let (ss, idx) = i.stash[i.stashed];
-                        self.fresh_slab(ss, idx, class, tid_of_cache())
-                    }
-                };
-                let l = &mut i.lists[class];
-                Some(match batch {
+                l.cap = CACHE_CAP[class];
+                Some(match self.refill(class, tid)? {
                     Batch::List { head, count } => {
                         l.head = next_of(head);
                         l.count = count - 1;
@@ -371,7 +440,7 @@ impl ArenaState {
             let done = unsafe {
                 c.with(|i| {
                     let l = &mut i.lists[class];
-                    if l.count < CACHE_CAP[class] {
+                    if l.count < l.cap {
                         set_next(b, l.head);
                         l.head = b;
                         l.count += 1;
@@ -396,16 +465,19 @@ impl ArenaState {
     #[inline(never)]
     unsafe fn free_small_slow(&self, class: usize, b: *mut u8) {
         let Some(c) = self.cache_or_create() else {
-            self.orphan_frees[class].fetch_add(1, Ordering::Relaxed);
+            lock(&self.members).count_orphan(class, 0, 1);
             // SAFETY: forwarded contract.
             return unsafe { self.free_one(class, b) };
         };
         let counters = &c.counters[class];
         bump(&counters.frees, 1);
+        let tid = thread::current_tid();
         // SAFETY: this thread owns its cache; the flushed blocks are free.
         unsafe {
             c.with(|i| {
+                i.touched |= 1 << class;
                 let l = &mut i.lists[class];
+                l.cap = CACHE_CAP[class];
                 if l.count >= CACHE_CAP[class] {
                     // Flush down to half capacity (a whole-slab refill may
                     // have left more than capacity). The most recent blocks
@@ -419,7 +491,7 @@ impl ArenaState {
                     l.head = next_of(last);
                     l.count -= n;
                     set_next(last, null_mut());
-                    let cross = self.flush(class, head, n, tid_of_cache());
+                    let cross = self.flush(class, head, n, tid);
                     bump(&counters.flushes, 1);
                     bump(&counters.cross, cross as u64);
                 }
@@ -430,76 +502,20 @@ impl ArenaState {
         }
     }
 
-    /// Calls `f` on every thread cache of this arena.
-    pub(crate) fn for_each_cache(&self, mut f: impl FnMut(&ThreadCache)) {
-        let mut visit = |slot: &AtomicPtr<ThreadCache>| {
-            let p = slot.load(Ordering::Acquire);
-            if !p.is_null() {
-                // SAFETY: published caches live as long as the arena.
-                f(unsafe { &*p });
-            }
-        };
-        self.slots.iter().for_each(&mut visit);
-        for chunk in &self.chunks {
-            let chunk = chunk.load(Ordering::Acquire);
-            if !chunk.is_null() {
-                // SAFETY: published chunks live as long as the arena.
-                unsafe { (*chunk).iter().for_each(&mut visit) };
-            }
-        }
-    }
-
-    /// Zeroes the counters for a recycled arena. Its only cache is the
-    /// calling thread's `first_cache`, and only classes that went through
-    /// its slow path can be non-zero; unless `dirty`, no orphan or large
-    /// counter moved either.
-    ///
-    /// # Safety
-    /// The calling thread owns `first_cache`.
-    pub(crate) unsafe fn reset_counters(&self, dirty: bool) {
-        let zero = |a: &AtomicU64| a.store(0, Ordering::Relaxed);
-        // SAFETY: the calling thread owns the cache (contract).
-        let mut touched = unsafe { self.first_cache.with(|i| i.touched) };
-        while touched != 0 {
-            let k = &self.first_cache.counters[touched.trailing_zeros() as usize];
-            [&k.allocs, &k.frees, &k.refills, &k.flushes, &k.cross]
-                .into_iter()
-                .for_each(zero);
-            touched &= touched - 1;
-        }
-        if dirty {
-            self.orphan_allocs
-                .iter()
-                .chain(&self.orphan_frees)
-                .for_each(zero);
-            [&self.large_allocs, &self.large_frees, &self.large_bytes]
-                .into_iter()
-                .for_each(zero);
-        }
-    }
-
     /// Returns what the calling thread's cache holds to the arena.
     pub(crate) fn flush_current_thread(&self) {
-        let tid = current_tid();
-        if (tid as usize) < MAX_TIDS {
-            self.flush_thread(tid);
+        if let Some(c) = self.cache() {
+            // SAFETY: this thread owns its cache.
+            unsafe { self.flush_cache(c, thread::current_tid()) };
         }
     }
 
-    /// Returns everything the cache of thread `tid` holds. Called by that
-    /// thread only: as it exits (under the registry lock), or on request.
-    pub(crate) fn flush_thread(&self, tid: u32) {
-        let Some(slot) = self.slot(tid as usize, false) else {
-            return;
-        };
-        let p = slot.load(Ordering::Acquire);
-        if p.is_null() {
-            return;
-        }
-        // SAFETY: published caches live as long as the arena.
-        let c = unsafe { &*p };
-        // SAFETY: the exiting thread owns this cache; what it holds is free
-        // and came from this arena.
+    /// Returns every block and range a cache holds to their slabs.
+    ///
+    /// # Safety
+    /// The caller owns the cache (see the type invariant); `tid` names it.
+    unsafe fn flush_cache(&self, c: &ThreadCache, tid: u32) {
+        // SAFETY: per contract; what the cache holds is free and ours.
         unsafe {
             c.with(|i| {
                 for (class, l) in i.lists.iter_mut().enumerate() {
@@ -507,107 +523,11 @@ impl ArenaState {
                     if taken.count > 0 {
                         let cross = self.flush(class, taken.head, taken.count, tid);
                         bump(&c.counters[class].cross, cross as u64);
+                        i.touched |= 1 << class;
                     }
                     self.put_range(class, taken.bump, taken.end);
                 }
-                let mut pool = lock(&self.pool);
-                for &(ss, idx) in &i.stash[..i.stashed] {
-                    pool.release_slab(ss, idx);
-                }
-                i.stashed = 0;
             })
         }
     }
 }
-
-/// Swaps this thread's spare arena for `new` (null to take it). Returns the
-/// old one, or `new` itself back when this thread cannot hold a spare.
-pub(crate) fn swap_spare(new: *mut ArenaState) -> *mut ArenaState {
-    if current_tid() as usize >= MAX_TIDS {
-        return new;
-    }
-    GUARD.try_with(|g| g.spare.replace(new)).unwrap_or(new)
-}
-
-impl ArenaState {
-    /// Whether the only front cache of this arena is the calling thread's.
-    pub(crate) fn used_by_this_thread_only(&self) -> bool {
-        let tid = current_tid() as usize;
-        !self.shared.load(Ordering::Relaxed)
-            && self
-                .slot(tid, false)
-                .is_some_and(|s| core::ptr::eq(s.load(Ordering::Relaxed), &self.first_cache))
-    }
-
-    /// Fast reset: the cache's ranges are the only slabs in use, untouched
-    /// by the central lists, so rewinding each range frees every block.
-    ///
-    /// # Safety
-    /// As for [`Self::reset_first_cache`], and the arena is not dirty.
-    pub(crate) unsafe fn rewind_first_cache(&self) {
-        // SAFETY: the calling thread owns this cache (contract).
-        unsafe {
-            self.first_cache.with(|i| {
-                // Only classes that took their range through the slow path
-                // can hold anything.
-                let mut touched = i.touched;
-                while touched != 0 {
-                    let class = touched.trailing_zeros() as usize;
-                    touched &= touched - 1;
-                    let l = &mut i.lists[class];
-                    l.head = null_mut();
-                    l.count = 0;
-                    if !l.end.is_null() {
-                        l.bump = l.end.wrapping_sub(range_len(l.end, class));
-                        crate::asan::poison(l.bump, range_len(l.end, class));
-                    }
-                }
-            })
-        }
-    }
-
-    /// Empties the calling thread's cache, then gives it, per class, the
-    /// whole range of `slab` (a freshly reset slab).
-    ///
-    /// # Safety
-    /// The calling thread owns `first_cache`; the arena has no live block.
-    pub(crate) unsafe fn reset_first_cache(
-        &self,
-        mut range_for: impl FnMut(usize) -> Option<(*mut u8, *mut u8)>,
-    ) {
-        // SAFETY: the calling thread owns this cache (contract).
-        unsafe {
-            self.first_cache.with(|i| {
-                for (class, l) in i.lists.iter_mut().enumerate() {
-                    *l = EMPTY;
-                    if let Some((bump, end)) = range_for(class) {
-                        l.bump = bump;
-                        l.end = end;
-                    }
-                }
-            })
-        }
-    }
-}
-
-/// Length of the whole range of the class slab whose range ends at `end`.
-fn range_len(end: *mut u8, class: usize) -> usize {
-    let slab_base = (end as usize - 1) & !(SLAB_SIZE - 1);
-    RANGE_LEN[(SuperSlab::slab_index(slab_base) == 0) as usize][class] as usize
-}
-
-/// Bytes of a whole class slab's blocks: `[in slabs 1..16, in slab 0]`
-/// (slab 0's blocks start after the metadata). A table: no division on
-/// the recycle path.
-const RANGE_LEN: [[u32; NUM_CLASSES]; 2] = {
-    let mut t = [[0u32; NUM_CLASSES]; 2];
-    let mut c = 0;
-    while c < NUM_CLASSES {
-        let size = CLASS_SIZE[c] as usize;
-        let start0 = META.next_multiple_of(CLASS_ALIGN[c] as usize);
-        t[0][c] = (SLAB_SIZE / size * size) as u32;
-        t[1][c] = ((SLAB_SIZE - start0) / size * size) as u32;
-        c += 1;
-    }
-    t
-};

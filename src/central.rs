@@ -16,7 +16,7 @@ use crate::arena::ArenaState;
 use crate::size_class::{CLASS_ALIGN, CLASS_SIZE};
 use crate::slab::{next_of, set_next, Batch, Slab, SlabState, Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META};
-use crate::sync::{lock, Ordering};
+use crate::sync::lock;
 use core::ptr::{null, null_mut};
 
 /// Head of one class's list of slabs with blocks available.
@@ -89,86 +89,50 @@ impl ArenaState {
     /// Gets a slab with blocks for `class` on the list, from the pool if
     /// needed. Class lock held by the caller (`list`).
     fn class_slab(&self, list: &mut ClassList, class: usize) -> Option<*const Slab> {
-        if !list.head.is_null() {
-            return Some(list.head);
+        if list.head.is_null() {
+            let slab = self.new_class_slab(class)?;
+            // SAFETY: class lock held; a fresh class slab is on no list.
+            unsafe { (*slab).with(|s| list.push(slab, s)) };
         }
+        Some(list.head)
+    }
+
+    /// Takes a free slab from the pool and lays it out for `class`.
+    ///
+    /// The caller holds `class`'s lock: from here on the slab's state is
+    /// that lock's (see [`crate::slab::SlabState`]), and every reader that
+    /// walks slabs (`audit`, reset) holds it too.
+    fn new_class_slab(&self, class: usize) -> Option<*const Slab> {
         let (ss, idx) = lock(&self.pool).take_slab()?;
         // SAFETY: the slab is ours now; the class lock protects its state.
         let slab = unsafe { &(*ss).slabs[idx] as *const Slab };
-        // SAFETY: class lock held; the slab was free, so on no list.
-        unsafe {
-            (*slab).with(|s| {
-                init_slab(s, ss, idx, class);
-                list.push(slab, s);
-            })
-        };
-        self.publish(class, list);
+        // SAFETY: class lock held (contract); the slab was free, on no list.
+        unsafe { (*slab).with(|s| init_slab(s, ss, idx, class)) };
         Some(slab)
     }
 
-    /// Records under the class lock whether `class` has slabs with blocks,
-    /// so refills can skip the lock when it has none.
-    #[inline]
-    fn publish(&self, class: usize, list: &ClassList) {
-        self.nonempty[class].store(!list.head.is_null(), Ordering::Relaxed);
-        self.mark_dirty();
-    }
-
-    /// Notes that slab states changed (see [`crate::recycle`]).
-    #[inline]
-    pub(crate) fn mark_dirty(&self) {
-        self.dirty.store(true, Ordering::Relaxed);
-    }
-
-    /// Takes a slab's reusable blocks of `class` for a front cache, or
-    /// `None` if no slab of the class has any. Lock-free when the class
-    /// looks empty: a stale answer only means a fresh slab is used instead.
+    /// Takes a slab's reusable blocks of `class` for a front cache: the
+    /// whole free list of a slab on the class list, else the whole uncarved
+    /// range of a fresh slab. `None` when the pool is out of memory.
     pub(crate) fn refill(&self, class: usize, taker: u32) -> Option<Batch> {
-        if !self.nonempty[class].load(Ordering::Relaxed) {
-            return None;
-        }
         let mut list = lock(&self.classes[class]);
-        if list.head.is_null() {
-            return None;
-        }
-        let slab = list.head;
-        // SAFETY: class lock held; list members serve this class.
+        let slab = if list.head.is_null() {
+            self.new_class_slab(class)?
+        } else {
+            list.head
+        };
+        // SAFETY: class lock held; the slab serves this class.
         let batch = unsafe {
             (*slab).with(|s| {
                 let b = s.take();
                 s.taker = taker;
-                if !s.available() {
+                if s.in_partial && !s.available() {
                     list.remove(s);
                 }
                 b
             })
         };
-        self.publish(class, &list);
         Some(batch)
-    }
-
-    /// Makes the free slab `idx` of `ss` serve `class` and hands its whole
-    /// uncarved range to the caller's cache. The slab goes on no list (it
-    /// has nothing left), so no class lock is needed: nobody else can reach
-    /// it until one of its blocks is freed, which happens after this.
-    ///
-    /// # Safety
-    /// The caller took the slab from this arena's pool and owns it.
-    pub(crate) unsafe fn fresh_slab(
-        &self,
-        ss: *const SuperSlab,
-        idx: usize,
-        class: usize,
-        taker: u32,
-    ) -> Batch {
-        // SAFETY: the slab is ours alone (contract).
-        unsafe {
-            (*ss).slabs[idx].with(|s| {
-                init_slab(s, ss, idx, class);
-                s.taker = taker;
-                s.take()
-            })
-        }
     }
 
     /// Takes a single block of `class` (threads without a cache).
@@ -196,7 +160,6 @@ impl ArenaState {
                 b
             })
         };
-        self.publish(class, &list);
         Some(b)
     }
 
@@ -243,7 +206,6 @@ impl ArenaState {
                 unsafe { lock(&self.pool).release_slab(ss, idx) };
             }
         }
-        self.publish(class, &list);
         cross
     }
 
@@ -282,7 +244,6 @@ impl ArenaState {
             // SAFETY: the slab is empty and marked free.
             unsafe { lock(&self.pool).release_slab(ss, idx) };
         }
-        self.publish(class, &list);
     }
 }
 

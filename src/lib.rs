@@ -15,13 +15,12 @@ mod checked;
 mod large;
 mod os;
 mod pool;
-mod recycle;
-mod registry;
 mod size_class;
 mod slab;
 mod stats;
 mod superslab;
 mod sync;
+mod thread;
 mod warm;
 
 pub use allocator_api2::alloc::{AllocError, Allocator};

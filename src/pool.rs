@@ -232,23 +232,6 @@ impl Pool {
         Some((ss, idx))
     }
 
-    /// Fills `out` with free slabs, as many as are free without mapping more
-    /// than one new SuperSlab; returns how many (0 only when out of memory).
-    pub(crate) fn take_slabs(&mut self, out: &mut [(*const SuperSlab, usize)]) -> usize {
-        let mut n = 0;
-        for o in out.iter_mut() {
-            if n > 0 && self.avail.is_null() {
-                break;
-            }
-            match self.take_slab() {
-                Some(t) => *o = t,
-                None => break,
-            }
-            n += 1;
-        }
-        n
-    }
-
     /// Gives back a slab that a class emptied.
     ///
     /// # Safety

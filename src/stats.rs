@@ -1,10 +1,11 @@
 //! Counters: per arena ([`Stats`]) and process-wide ([`GlobalStats`]).
 
 use crate::arena::SmallMidArena;
+use crate::cache::Counts;
 use crate::size_class::{CLASS_SIZE, NUM_CLASSES};
 use crate::superslab::SUPERSLAB_SIZE;
 use crate::sync::{lock, Ordering};
-use crate::{os, registry, warm};
+use crate::{os, thread, warm};
 use core::fmt;
 
 /// A snapshot of one arena's counters.
@@ -42,7 +43,7 @@ pub struct Stats {
     pub superslabs: u64,
     /// Bytes of huge blocks' mappings (blocks over 960 KiB).
     pub huge_bytes: u64,
-    /// Threads with a front cache in this arena (alive or exited).
+    /// Threads with a front cache in this arena (their exit retires it).
     pub thread_caches: u64,
     /// Large-path (over 32 KiB) allocations.
     pub large_allocs: u64,
@@ -85,25 +86,35 @@ impl SmallMidArena {
         let mut classes: Vec<ClassStats> = (0..NUM_CLASSES)
             .map(|c| ClassStats {
                 size: CLASS_SIZE[c] as u64,
-                allocs: st.orphan_allocs[c].load(Ordering::Relaxed),
-                frees: st.orphan_frees[c].load(Ordering::Relaxed),
-                cache_misses: st.orphan_allocs[c].load(Ordering::Relaxed),
                 ..ClassStats::default()
             })
             .collect();
-        let mut thread_caches = 0;
-        st.for_each_cache(|cache| {
-            thread_caches += 1;
-            for (c, k) in cache.counters.iter().enumerate() {
-                let s = &mut classes[c];
-                s.allocs += k.allocs.load(Ordering::Relaxed);
-                s.frees += k.frees.load(Ordering::Relaxed);
-                s.refills += k.refills.load(Ordering::Relaxed);
-                s.cache_misses += k.refills.load(Ordering::Relaxed);
-                s.flushes += k.flushes.load(Ordering::Relaxed);
-                s.cross_thread_frees += k.cross.load(Ordering::Relaxed);
+        let mut add = |c: usize, k: Counts| {
+            let s = &mut classes[c];
+            s.allocs += k.allocs;
+            s.frees += k.frees;
+            s.refills += k.refills;
+            s.flushes += k.flushes;
+            s.cross_thread_frees += k.cross;
+        };
+        let thread_caches = {
+            let m = lock(&st.members);
+            for c in 0..NUM_CLASSES {
+                // Retired caches' refills and cacheless threads' allocations
+                // both missed a cache.
+                let r = m.retired(c);
+                add(c, r);
             }
-        });
+            st.for_each_cache(&m, |_, cache| {
+                for (c, k) in cache.counters.iter().enumerate() {
+                    add(c, k.read());
+                }
+            });
+            m.caches as u64
+        };
+        for s in &mut classes {
+            s.cache_misses = s.refills;
+        }
         let (mut bytes_in_use, mut blocks_in_use) = (0, 0);
         for s in &mut classes {
             // Racing readers may see a free before its allocation.
@@ -222,12 +233,14 @@ pub fn global_stats() -> GlobalStats {
         warm_bytes: cached * SUPERSLAB_SIZE,
         warm_limit_bytes: limit * SUPERSLAB_SIZE,
         superslabs_in_use: in_use,
-        arenas_alive: registry::live_arenas(),
-        threads: registry::threads(),
+        arenas_alive: thread::live_arenas(),
+        threads: thread::threads(),
     }
 }
 
 /// Returns every warm cached SuperSlab to the OS now; returns how many.
+/// The calling thread's recycled spare arena is released first, so its
+/// memory goes too (other threads' spares go when those threads exit).
 ///
 /// The cache also shrinks by itself two decay epochs (about 2 s) after
 /// demand falls, at the next arena drop.
@@ -239,6 +252,7 @@ pub fn global_stats() -> GlobalStats {
 /// assert_eq!(smallmid::global_stats().warm_superslabs, 0);
 /// ```
 pub fn trim_warm_cache() -> usize {
+    crate::arena::release_spare();
     warm::trim()
 }
 

@@ -5,6 +5,7 @@ mod collections;
 mod limits;
 mod model;
 mod recycle;
+mod review;
 mod shadow;
 mod threads;
 

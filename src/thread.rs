@@ -1,0 +1,255 @@
+//! Threads: a dense index per thread, the record of the arenas a thread
+//! has a front cache in, what a thread exit returns, and its spare arena.
+//!
+//! A thread-local holds the thread's index (read on every alloc and free)
+//! and a [`ThreadRecord`]: the arenas this thread has a cache in. A thread
+//! exit walks only those, so it costs O(arenas this thread used) and takes
+//! no process-wide lock across the walk. An arena being dropped or reset
+//! detaches other threads' caches through the same records.
+//!
+//! The protocol, by lock order (record, then the arena's members lock):
+//!
+//! - **Exit**: under its record lock the thread pops one arena, takes that
+//!   arena's members lock, releases the record lock (hand over hand), then
+//!   returns and frees its cache there. So the arena stays alive meanwhile:
+//!   its detach must first take the record lock to remove itself.
+//! - **Detach** (arena drop or reset, the arena exclusively owned): under
+//!   the members lock, pin each cache's owner record (a reference count);
+//!   then, with no arena lock held, take each record's lock and remove the
+//!   arena from it; then, under the members lock again, retire whatever
+//!   cache is still attached; then unpin. An exit already under way holds
+//!   the members lock until its cache is retired, so detach never sees half
+//!   of it; an exit that comes later does not find the arena in its record.
+//!
+//! So an arena create or drop never waits for a thread's exit work in other
+//! arenas, and an exit never visits a dropped arena. An index is released
+//! only after every cache of its thread is retired, so a new thread given
+//! the index finds every slot of it empty.
+
+use crate::arena::ArenaState;
+use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, Ordering};
+use core::cell::Cell;
+use core::ptr::null_mut;
+
+/// Threads alive at once that get an index (and so front caches).
+pub(crate) const MAX_TIDS: usize = crate::cache::MAX_TIDS;
+/// No index yet.
+const NO_TID: u32 = u32::MAX;
+/// This thread's thread-locals are being destroyed: no cache any more.
+pub(crate) const DEAD: u32 = u32::MAX - 1;
+
+/// The arenas one thread has a front cache in.
+///
+/// Invariant: an arena is listed iff the slot of this thread's index in it
+/// holds a cache whose owner is this record. Lives on the heap; freed when
+/// `refs` (the thread itself, each attached cache, each pin) reaches zero.
+#[derive(Debug)]
+pub(crate) struct ThreadRecord {
+    pub(crate) tid: u32,
+    arenas: Mutex<smallvec::SmallVec<[*const ArenaState; 8]>>,
+    refs: AtomicU64,
+}
+
+// SAFETY: the raw list is only followed under its mutex; the arenas in it
+// are kept alive by the detach protocol (module docs).
+unsafe impl Send for ThreadRecord {}
+// SAFETY: as above.
+unsafe impl Sync for ThreadRecord {}
+
+impl ThreadRecord {
+    /// Adds `a`, whose slot for this thread is about to get a cache owned
+    /// by this record. Called by the record's thread only.
+    pub(crate) fn attach(&self, a: *const ArenaState) {
+        self.refs.fetch_add(1, Ordering::Relaxed);
+        lock(&self.arenas).push(a);
+    }
+
+    /// Pins the record so it outlives a detach in progress.
+    pub(crate) fn pin(&self) {
+        self.refs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Removes `a` if listed. Afterwards this thread's exit will not visit it.
+    pub(crate) fn forget(&self, a: *const ArenaState) {
+        let mut list = lock(&self.arenas);
+        if let Some(i) = list.iter().position(|&x| core::ptr::eq(x, a)) {
+            list.swap_remove(i);
+        }
+    }
+
+    /// Drops one reference; the last frees the record.
+    ///
+    /// # Safety
+    /// The caller holds a reference (its own, a cache's or a pin) that it
+    /// does not use again.
+    pub(crate) unsafe fn unref(rec: *const ThreadRecord) {
+        // SAFETY: the caller's reference keeps it alive until here.
+        if unsafe { (*rec).refs.fetch_sub(1, Ordering::AcqRel) } == 1 {
+            // SAFETY: last reference; it came from `Box::into_raw`.
+            drop(unsafe { Box::from_raw(rec as *mut ThreadRecord) });
+        }
+    }
+}
+
+struct Guard {
+    record: Cell<*const ThreadRecord>,
+    /// This thread's recycled arena, if any (see [`crate::arena`]).
+    spare: Cell<*mut ArenaState>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = TID.try_with(|t| t.set(DEAD));
+        let spare = self.spare.replace(null_mut());
+        if !spare.is_null() {
+            // SAFETY: a spare has no handle; only this slot held it.
+            unsafe { ArenaState::destroy(spare) };
+        }
+        let rec = self.record.replace(core::ptr::null());
+        if rec.is_null() {
+            return;
+        }
+        // SAFETY: our own reference keeps the record alive.
+        let r = unsafe { &*rec };
+        loop {
+            let mut list = lock(&r.arenas);
+            let Some(a) = list.pop() else { break };
+            // SAFETY: listed arenas are alive: their detach must take the
+            // record lock we hold to unlist them; we take their members
+            // lock before releasing ours (hand over hand).
+            unsafe {
+                let mut members = lock(&(*a).members);
+                drop(list);
+                if (*a).retire_own(&mut members, r.tid) {
+                    ThreadRecord::unref(rec);
+                }
+            }
+        }
+        release_tid(r.tid);
+        // SAFETY: the thread's own reference, not used again.
+        unsafe { ThreadRecord::unref(rec) };
+    }
+}
+
+thread_local_const! {
+    /// This thread's index, read on every alloc and free (no destructor, so
+    /// reading it is a single thread-relative load).
+    static TID: Cell<u32> = Cell::new(NO_TID);
+}
+thread_local_const! {
+    /// Registered on first use; its destructor returns the thread's caches.
+    static GUARD: Guard = Guard { record: Cell::new(core::ptr::null()), spare: Cell::new(null_mut()) };
+}
+
+/// This thread's index: [`DEAD`] or an index past the slot table mean no
+/// front cache; `u32::MAX` none assigned yet.
+#[inline(always)]
+pub(crate) fn current_tid() -> u32 {
+    TID.try_with(Cell::get).unwrap_or(DEAD)
+}
+
+/// This thread's index and record, assigning them on first use; `None`
+/// for threads that cannot have caches (exiting, or past [`MAX_TIDS`]).
+#[cold]
+pub(crate) fn current() -> Option<&'static ThreadRecord> {
+    let tid = current_tid();
+    if tid == DEAD {
+        return None;
+    }
+    let rec = GUARD.try_with(|g| g.record.get()).ok()?;
+    if !rec.is_null() {
+        // SAFETY: the thread's own reference keeps it alive while it runs.
+        let r = unsafe { &*rec };
+        return ((r.tid as usize) < MAX_TIDS).then_some(r);
+    }
+    let tid = acquire_tid();
+    let rec = Box::into_raw(Box::new(ThreadRecord {
+        tid,
+        arenas: Mutex::new(smallvec::SmallVec::new()),
+        refs: AtomicU64::new(1),
+    }));
+    if GUARD.try_with(|g| g.record.set(rec)).is_err() {
+        release_tid(tid);
+        // SAFETY: never shared.
+        drop(unsafe { Box::from_raw(rec) });
+        let _ = TID.try_with(|t| t.set(DEAD));
+        return None;
+    }
+    let _ = TID.try_with(|t| t.set(tid));
+    // SAFETY: as above.
+    let r = unsafe { &*rec };
+    ((tid as usize) < MAX_TIDS).then_some(r)
+}
+
+/// Swaps this thread's spare arena for `new` (null to take it). Returns
+/// the old one, or `Err(new)` when this thread cannot hold a spare.
+pub(crate) fn swap_spare(new: *mut ArenaState) -> Result<*mut ArenaState, *mut ArenaState> {
+    if current_tid() == DEAD {
+        return Err(new);
+    }
+    GUARD.try_with(|g| g.spare.replace(new)).map_err(|_| new)
+}
+
+struct Tids {
+    /// Bit set: index in use.
+    words: Vec<u64>,
+}
+
+global! {
+    static TIDS: Mutex<Tids> = Mutex::new(Tids { words: Vec::new() });
+}
+
+global! {
+    /// Arenas whose handle is alive (a recycled spare is not).
+    static LIVE: AtomicU64 = AtomicU64::new(0);
+}
+
+/// Counts an arena handle made (`+1`) or dropped (`-1`).
+pub(crate) fn count_live(delta: i64) {
+    if delta > 0 {
+        LIVE.fetch_add(delta as u64, Ordering::Relaxed);
+    } else {
+        LIVE.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+    }
+}
+
+/// Number of live arena handles.
+pub(crate) fn live_arenas() -> usize {
+    LIVE.load(Ordering::Relaxed) as usize
+}
+
+/// Threads holding an index: threads that used an arena and have not
+/// finished exiting.
+pub(crate) fn threads() -> usize {
+    lock(&TIDS)
+        .words
+        .iter()
+        .map(|w| w.count_ones() as usize)
+        .sum()
+}
+
+/// Takes the lowest free index (once per thread).
+fn acquire_tid() -> u32 {
+    let mut t = lock(&TIDS);
+    let word = match t.words.iter().position(|w| *w != u64::MAX) {
+        Some(i) => i,
+        None => {
+            t.words.push(0);
+            t.words.len() - 1
+        }
+    };
+    let bit = t.words[word].trailing_ones() as usize;
+    t.words[word] |= 1 << bit;
+    (word * 64 + bit) as u32
+}
+
+/// Frees an index once every cache of its thread is retired.
+fn release_tid(tid: u32) {
+    let mut t = lock(&TIDS);
+    let (word, bit) = (tid as usize / 64, tid as usize % 64);
+    debug_assert!(
+        t.words[word] & (1 << bit) != 0,
+        "thread index released twice"
+    );
+    t.words[word] &= !(1 << bit);
+}
