@@ -33,6 +33,7 @@ impl ClassList {
         ClassList { head: null() }
     }
 
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn head(&self) -> *const Slab {
         self.head
     }

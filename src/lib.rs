@@ -7,6 +7,7 @@
 mod api;
 mod arena;
 mod asan;
+#[cfg(feature = "test-hooks")]
 mod audit;
 mod boxed;
 mod cache;
@@ -25,10 +26,9 @@ mod warm;
 
 pub use allocator_api2::alloc::{AllocError, Allocator};
 pub use arena::{Builder, SmallMidArena};
-#[doc(hidden)]
-pub use audit::Audit;
 pub use boxed::ArenaBox;
 pub use stats::{global_stats, trim_warm_cache, ClassStats, GlobalStats, Stats};
 
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
-pub use os::fail_next_maps;
+pub mod test_hooks;

@@ -30,6 +30,8 @@ pub(crate) fn counters() -> (u64, u64) {
 }
 
 /// Makes the next `n` calls to [`map`] fail, as if the OS were out of memory.
+/// A test hook (feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub fn fail_next_maps(n: u64) {
     FAIL_NEXT.store(n, Ordering::Relaxed);
@@ -40,7 +42,7 @@ pub fn fail_next_maps(n: u64) {
 /// Returns `None` when the OS refuses or the arithmetic overflows.
 pub(crate) fn map(len: usize, align: usize) -> Option<NonNull<u8>> {
     debug_assert!(len > 0 && len % PAGE == 0 && align.is_power_of_two());
-    if FAIL_NEXT.load(Ordering::Relaxed) > 0 {
+    if cfg!(feature = "test-hooks") && FAIL_NEXT.load(Ordering::Relaxed) > 0 {
         let n = FAIL_NEXT.load(Ordering::Relaxed);
         FAIL_NEXT.store(n - 1, Ordering::Relaxed);
         return None;

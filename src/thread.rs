@@ -191,12 +191,28 @@ pub(crate) fn swap_spare(new: *mut ArenaState) -> Result<*mut ArenaState, *mut A
 }
 
 struct Tids {
-    /// Bit set: index in use.
+    /// Bit set: index `offset + bit` in use.
     words: Vec<u64>,
+    /// Added to every index handed out (0; tests raise it).
+    offset: u32,
 }
 
 global! {
-    static TIDS: Mutex<Tids> = Mutex::new(Tids { words: Vec::new() });
+    static TIDS: Mutex<Tids> = Mutex::new(Tids { words: Vec::new(), offset: 0 });
+}
+
+/// Sets this thread's index, returning the old one (test hooks).
+#[cfg(feature = "test-hooks")]
+pub(crate) fn set_tid(tid: u32) -> u32 {
+    TID.try_with(|t| t.replace(tid)).unwrap_or(DEAD)
+}
+
+/// Offsets indices handed out from now on (test hooks).
+#[cfg(feature = "test-hooks")]
+pub(crate) fn set_tid_offset(offset: u32) {
+    let mut t = lock(&TIDS);
+    assert!(t.words.iter().all(|&w| w == 0), "set the index offset before any thread has one");
+    t.offset = offset;
 }
 
 global! {
@@ -240,12 +256,13 @@ fn acquire_tid() -> u32 {
     };
     let bit = t.words[word].trailing_ones() as usize;
     t.words[word] |= 1 << bit;
-    (word * 64 + bit) as u32
+    (word * 64 + bit) as u32 + t.offset
 }
 
 /// Frees an index once every cache of its thread is retired.
 fn release_tid(tid: u32) {
     let mut t = lock(&TIDS);
+    let tid = tid - t.offset;
     let (word, bit) = (tid as usize / 64, tid as usize % 64);
     debug_assert!(
         t.words[word] & (1 << bit) != 0,

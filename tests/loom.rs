@@ -17,6 +17,7 @@ use allocator_api2::alloc::Allocator;
 use core::alloc::Layout;
 use loom::sync::Arc;
 use loom::thread;
+use smallmid::test_hooks::{cacheless, first_thread_index};
 use smallmid::{global_stats, SmallMidArena};
 
 /// Runs `f` as a loom model. The body runs on a spawned thread: loom runs
@@ -27,6 +28,9 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     if b.preemption_bound.is_none() {
         b.preemption_bound = Some(4);
     }
+    // `audit()` takes every lock of the arena (51), and exits waited for in
+    // `eventually` loops take several more: far past loom's default 1,000.
+    b.max_branches = 100_000;
     let f = std::sync::Arc::new(f);
     let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = runs.clone();
@@ -35,8 +39,12 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let f = f.clone();
         thread::spawn(move || f()).join().unwrap();
-        // Let every thread's exit flush finish before the model's globals go.
-        eventually(|| global_stats().threads == 0);
+        // Let every thread's exit finish (caches returned, spare arenas
+        // destroyed) before the model's globals go.
+        eventually(|| {
+            let g = global_stats();
+            g.threads == 0 && g.superslabs_in_use == 0
+        });
     });
     let name = std::thread::current().name().unwrap_or("?").to_string();
     let n = runs.load(std::sync::atomic::Ordering::Relaxed);
@@ -168,6 +176,10 @@ fn flush_races_refill() {
         arena.flush_thread_cache();
         let _ = t.join().unwrap();
         eventually(|| out(&arena) == 0); // the thread's exit returns its cache
+        let s = arena.stats();
+        let c = s.classes.iter().find(|c| c.size == 256).expect("class 256");
+        assert_eq!((c.allocs, c.frees, s.thread_caches), (3, 3, 1), "{s}");
+        assert_eq!(arena.audit().slabs_for(L256), 0, "the empty slab retired");
     });
 }
 
@@ -184,6 +196,15 @@ fn thread_exit_races_arena_drop() {
         });
         drop(arena);
         t.join().unwrap();
+        // Whoever dropped last reset it and kept it as a spare: the next
+        // arena on this thread may be it, and must be empty.
+        let next = SmallMidArena::new();
+        let s = next.stats();
+        assert_eq!((s.blocks_in_use, s.thread_caches <= 1), (0, true), "{s}");
+        next.flush_thread_cache();
+        assert_eq!(next.audit().blocks_out, 0);
+        drop(next);
+        smallmid::trim_warm_cache(); // releases this thread's spare
         eventually(|| global_stats().superslabs_in_use == 0); // a spare dies with its thread
         let g = global_stats();
         assert_eq!(g.arenas_alive, 0, "{g}");
@@ -213,6 +234,12 @@ fn thread_exit_races_slot_takeover() {
         ts.into_iter().for_each(|t| t.join().unwrap());
         // Each audit also checks every invariant while exits may be flushing.
         eventually(|| arena.audit().blocks_out == 0);
+        eventually(|| arena.stats().thread_caches == 0);
+        let s = arena.stats();
+        let total = |f: fn(&smallmid::ClassStats) -> u64| s.classes.iter().map(f).sum::<u64>();
+        assert_eq!((total(|c| c.allocs), total(|c| c.frees)), (2, 2), "{s}");
+        let audit = arena.audit();
+        assert_eq!((audit.slabs_for(L256), audit.slabs_for(L1K)), (0, 0), "{audit:?}");
     });
 }
 
@@ -297,5 +324,143 @@ fn realloc_races_neighbour_free() {
         }
         t.join().unwrap();
         assert_eq!(out(&arena), 0);
+    });
+}
+
+/// 8. A cacheless thread (the orphan path: straight to the class lists)
+///    allocates and frees while a cached thread does, then the arena is
+///    dropped (reset and kept as a spare by whoever drops last).
+#[test]
+fn orphan_path_races_recycle() {
+    model(|| {
+        let arena = Arc::new(SmallMidArena::new());
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            let kept = cacheless(|| {
+                let b = alloc(&a2, L256, 1);
+                let kept = alloc(&a2, L256, 2);
+                free(&a2, b);
+                kept
+            });
+            drop(a2);
+            kept // still live: the drop of the arena frees it
+        });
+        let c = alloc(&arena, L256, 3);
+        free(&arena, c);
+        let kept = t.join().unwrap();
+        assert_eq!(arena_blocks(&arena), 1, "only the orphan's kept block");
+        let _ = kept;
+        drop(arena);
+        let next = SmallMidArena::new();
+        assert_eq!(next.stats().blocks_in_use, 0, "{}", next.stats());
+        next.flush_thread_cache();
+        assert_eq!(next.audit().blocks_out, 0, "orphan blocks survived the reset");
+    });
+}
+
+fn arena_blocks(a: &SmallMidArena) -> u64 {
+    a.stats().blocks_in_use
+}
+
+/// 9. Threads with indices past the inline slots race to publish the slot
+///    chunk (a CAS) and their caches in it.
+#[test]
+fn slot_chunk_publication() {
+    model(|| {
+        first_thread_index(64);
+        let arena = Arc::new(SmallMidArena::new());
+        let ts: Vec<_> = (0..2u8)
+            .map(|i| {
+                let a = arena.clone();
+                thread::spawn(move || alloc(&a, L256, 10 + i))
+            })
+            .collect();
+        let blocks: Vec<Block> = ts.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_ne!(blocks[0].0, blocks[1].0, "one block handed out twice");
+        for b in blocks {
+            free(&arena, b); // checks each thread's fill survived
+        }
+        eventually(|| arena.stats().thread_caches == 1); // only this thread's
+        assert_eq!(out(&arena), 0);
+    });
+}
+
+/// 10. `audit()` and `stats()` (every lock) while another thread lays out
+///     fresh slabs for new classes (the review's data race).
+#[test]
+fn audit_races_new_class_slabs() {
+    model(|| {
+        let arena = Arc::new(SmallMidArena::new());
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            let (x, y) = (alloc(&a2, L256, 1), alloc(&a2, L1K, 2));
+            free(&a2, x);
+            free(&a2, y);
+            a2.flush_thread_cache();
+        });
+        let a = arena.audit();
+        assert!(a.blocks_out <= 2 * 64, "{a:?}");
+        let _ = arena.stats();
+        t.join().unwrap();
+        assert_eq!(arena.audit().blocks_out, 0);
+    });
+}
+
+/// 11. A limited arena: a block freed on another thread and flushed races
+///     this thread reclaiming its own cache for a large allocation.
+#[test]
+fn memory_limit_reclaim_races_remote_flush() {
+    model(|| {
+        let l8 = Layout::from_size_align(8, 8).unwrap();
+        let big = Layout::from_size_align(960 << 10, 8).unwrap();
+        let arena = Arc::new(SmallMidArena::builder().memory_limit(1 << 20).build());
+        let slab0 = alloc(&arena, L256, 7); // so the 8-byte class takes a slab a span needs
+        let (b1, b2) = (alloc(&arena, l8, 1), alloc(&arena, l8, 2));
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            free(&a2, b2);
+            a2.flush_thread_cache();
+        });
+        free(&arena, b1); // into this thread's cache
+        let early = arena.allocate(big).ok(); // succeeds iff b2 is back
+        assert!(arena.stats().bytes_held <= 1 << 20, "limit exceeded");
+        t.join().unwrap();
+        let p = match early {
+            Some(p) => p,
+            None => arena.allocate(big).expect("no live block, yet refused"),
+        };
+        // SAFETY: allocated above with `big`.
+        unsafe { arena.deallocate(p.cast(), big) };
+        free(&arena, slab0);
+        assert_eq!(out(&arena), 0);
+    });
+}
+
+/// 12. Trimming the warm cache (and a thread's spare) races arenas being
+///     created and dropped: no SuperSlab lost or handed out twice.
+#[test]
+fn warm_trim_races_create_and_drop() {
+    model(|| {
+        let a = SmallMidArena::new();
+        let t = thread::spawn(|| {
+            let b = SmallMidArena::new();
+            let x = alloc(&b, L256, 1);
+            free(&b, x);
+            drop(b); // this thread's spare
+            smallmid::trim_warm_cache(); // spare released, then unmapped
+        });
+        let x = alloc(&a, L256, 2);
+        free(&a, x);
+        drop(a);
+        let c = SmallMidArena::new(); // this thread's spare, or warm, or fresh
+        let y = alloc(&c, L1K, 3);
+        t.join().unwrap();
+        let g = global_stats();
+        assert_eq!(
+            g.mmaps - g.munmaps,
+            (g.warm_superslabs + g.superslabs_in_use) as u64,
+            "{g}"
+        );
+        free(&c, y);
     });
 }

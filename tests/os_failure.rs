@@ -3,7 +3,8 @@
 
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::Layout;
-use smallmid::{fail_next_maps, global_stats, trim_warm_cache, SmallMidArena};
+use smallmid::test_hooks::fail_next_maps;
+use smallmid::{global_stats, trim_warm_cache, SmallMidArena};
 
 #[test]
 fn refused_mappings_are_alloc_errors() {

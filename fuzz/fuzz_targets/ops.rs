@@ -30,14 +30,19 @@ impl Bytes<'_> {
         u16::from_le_bytes([self.u8(), self.u8()])
     }
     fn layout(&mut self) -> Layout {
-        let size = match self.u8() % 16 {
+        // Mostly the design centre; large paths rarer, sizes capped, so
+        // an input costs microseconds, not a fresh mapping per block.
+        let size = match self.u8() % 32 {
             0 => 0,
-            1..=9 => (self.u16() % 1100) as usize,
-            10..=12 => (self.u16() as usize) % (40 << 10),
-            13..=14 => (self.u16() as usize) * 16, // up to 1 MiB: spans
-            _ => (1 << 20) + (self.u16() as usize) * 8, // huge
+            1..=23 => (self.u16() % 1100) as usize,
+            24..=27 => (self.u16() as usize) % (40 << 10),
+            28..=30 => (self.u16() as usize) * 4, // up to 256 KiB: spans
+            _ => (1 << 20) + (self.u16() as usize % 64) * 4096, // huge
         };
-        let align = 1usize << (self.u8() % 17);
+        let align = match self.u8() {
+            0..=199 => 1usize << (self.u8() % 7),
+            _ => 1usize << (self.u8() % 17),
+        };
         Layout::from_size_align(size, align).unwrap()
     }
 }
@@ -66,10 +71,27 @@ fn insert(blocks: &mut BTreeMap<usize, Live>, live: Live) {
     blocks.insert(start, live);
 }
 
+std::thread_local! {
+    /// Arenas kept across inputs (reset at each start): an input pays for
+    /// no arena creation unless it drops one.
+    static ARENAS: std::cell::RefCell<[Option<SmallMidArena>; 3]> =
+        const { std::cell::RefCell::new([None, None, None]) };
+}
+
 /// Runs the operations encoded in `data`.
 pub fn run(data: &[u8]) {
+    ARENAS.with(|a| {
+        let mut arenas = a.borrow_mut();
+        for arena in arenas.iter_mut().flatten() {
+            arena.reset();
+            assert_eq!(arena.stats().blocks_in_use, 0, "reset left blocks");
+        }
+        run_on(data, &mut arenas);
+    })
+}
+
+fn run_on(data: &[u8], arenas: &mut [Option<SmallMidArena>; 3]) {
     let mut input = Bytes(data);
-    let mut arenas: [Option<SmallMidArena>; 3] = [None, None, None];
     let mut blocks: BTreeMap<usize, Live> = BTreeMap::new();
     let mut fill = 0u8;
     for _ in 0..256 {
