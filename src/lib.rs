@@ -24,6 +24,18 @@ mod superslab;
 mod sync;
 mod warm;
 
+/// The allocator-api2 crate (0.2) whose `Allocator` the arena implements:
+/// use its collections through this path so the version always matches.
+///
+/// # Example
+/// ```
+/// use smallmid::allocator_api2::vec::Vec;
+/// let arena = smallmid::SmallMidArena::new();
+/// let mut v = Vec::new_in(&arena);
+/// v.push(1u8);
+/// assert_eq!(v, [1]);
+/// ```
+pub use allocator_api2;
 pub use allocator_api2::alloc::{AllocError, Allocator};
 pub use arena::{Builder, SmallMidArena};
 #[doc(hidden)]
