@@ -5,6 +5,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod api;
+#[cfg(feature = "allocator-api2-04")]
+mod api04;
 mod arena;
 mod asan;
 mod audit;
@@ -37,6 +39,10 @@ mod warm;
 /// ```
 pub use allocator_api2;
 pub use allocator_api2::alloc::{AllocError, Allocator};
+/// allocator-api2 0.4, whose `Allocator` the arena also implements with the
+/// feature `allocator-api2-04`.
+#[cfg(feature = "allocator-api2-04")]
+pub use allocator_api2_04;
 pub use arena::{Builder, SmallMidArena};
 #[doc(hidden)]
 pub use audit::Audit;
