@@ -138,7 +138,6 @@ impl SmallMidArena {
     pub fn builder() -> Builder {
         Builder {
             memory_limit: usize::MAX,
-            warm_cache_limit: None,
         }
     }
 
@@ -164,6 +163,13 @@ impl SmallMidArena {
     }
 
     /// The memory limit this arena was built with (`usize::MAX` if none).
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::builder().memory_limit(4 << 20).build();
+    /// assert_eq!(arena.memory_limit(), 4 << 20);
+    /// assert_eq!(smallmid::SmallMidArena::new().memory_limit(), usize::MAX);
+    /// ```
     pub fn memory_limit(&self) -> usize {
         self.state().limit.load(Ordering::Relaxed) as usize
     }
@@ -175,10 +181,12 @@ impl Default for SmallMidArena {
     }
 }
 
+/// Cheap: no lock, no walk over thread caches (use [`SmallMidArena::stats`]).
 impl fmt::Debug for SmallMidArena {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SmallMidArena")
-            .field("stats", &self.stats())
+            .field("state", &self.state)
+            .field("memory_limit", &self.memory_limit())
             .finish()
     }
 }
@@ -237,7 +245,6 @@ impl ArenaState {
 #[must_use]
 pub struct Builder {
     memory_limit: usize,
-    warm_cache_limit: Option<usize>,
 }
 
 impl Builder {
@@ -245,16 +252,24 @@ impl Builder {
     /// blocks at their mapped size). Past it, allocation returns
     /// `AllocError`; freeing makes room again. At least one SuperSlab
     /// (1 MiB) is needed to build the arena.
+    ///
+    /// # Example
+    /// ```
+    /// use smallmid::Allocator;
+    /// use std::alloc::Layout;
+    /// let arena = smallmid::SmallMidArena::builder().memory_limit(1 << 20).build();
+    /// assert!(arena.allocate(Layout::new::<[u8; 2 << 20]>()).is_err()); // over the limit
+    /// assert!(arena.try_alloc([0u8; 1024]).is_ok());
+    /// ```
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
         self
     }
 
-    /// Sets the **process-wide** cap on warm (cached, empty) SuperSlab
-    /// memory kept for future arenas; default 1 GiB. Below that cap the
-    /// cache follows recent demand and decays (see the crate docs).
-    pub fn warm_cache_limit(mut self, bytes: usize) -> Self {
-        self.warm_cache_limit = Some(bytes);
+    /// Kept only until tests/loom.rs calls [`crate::set_warm_cache_limit`].
+    #[doc(hidden)]
+    pub fn warm_cache_limit(self, bytes: usize) -> Self {
+        crate::set_warm_cache_limit(bytes);
         self
     }
 
@@ -262,6 +277,12 @@ impl Builder {
     ///
     /// # Panics
     /// If the OS refuses memory or the memory limit is below 1 MiB.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::builder().memory_limit(16 << 20).build();
+    /// assert_eq!(*arena.alloc(5), 5);
+    /// ```
     pub fn build(self) -> SmallMidArena {
         match self.try_build() {
             Ok(a) => a,
@@ -276,10 +297,16 @@ impl Builder {
     /// # Errors
     /// `AllocError` if the OS refuses memory or the memory limit is below
     /// one SuperSlab (1 MiB).
+    ///
+    /// # Example
+    /// ```
+    /// use smallmid::SmallMidArena;
+    /// assert!(SmallMidArena::builder().memory_limit(1000).try_build().is_err());
+    /// let arena = SmallMidArena::builder().memory_limit(2 << 20).try_build()?;
+    /// # drop(arena);
+    /// # Ok::<(), smallmid::AllocError>(())
+    /// ```
     pub fn try_build(self) -> Result<SmallMidArena, AllocError> {
-        if let Some(bytes) = self.warm_cache_limit {
-            warm::set_limit_bytes(bytes);
-        }
         if self.memory_limit < SUPERSLAB_SIZE {
             return Err(AllocError);
         }

@@ -191,6 +191,15 @@ impl SmallMidArena {
     ///
     /// # Errors
     /// `AllocError` when the arena's memory limit or the OS refuses.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::builder().memory_limit(1 << 20).build();
+    /// assert!(arena.try_alloc_with(|| [1u8; 4 << 20]).is_err()); // `f` not called
+    /// let table = arena.try_alloc_with(|| [1u8; 4096])?;
+    /// assert_eq!(table.len(), 4096);
+    /// # Ok::<(), smallmid::AllocError>(())
+    /// ```
     pub fn try_alloc_with<T>(&self, f: impl FnOnce() -> T) -> Result<ArenaBox<'_, T>, AllocError> {
         let layout = Layout::new::<T>();
         let guard = Building::<T> {
@@ -346,6 +355,16 @@ impl<'a, T: ?Sized> ArenaBox<'a, T> {
     /// `'a` (a `*mut [T]` or `*mut str` cast keeping the same bytes is
     /// fine, and so is an unsizing cast such as to `*mut dyn Trait`), and
     /// no other handle to it exists.
+    ///
+    /// # Example
+    /// ```
+    /// use smallmid::{ArenaBox, SmallMidArena};
+    /// let arena = SmallMidArena::new();
+    /// let p = ArenaBox::into_raw(arena.alloc_slice_copy(&[1u8, 2, 3]));
+    /// // SAFETY: from `into_raw` of a handle of `arena`, rebuilt once.
+    /// let b: ArenaBox<'_, [u8]> = unsafe { ArenaBox::from_raw(p) };
+    /// assert_eq!(&*b, &[1, 2, 3]);
+    /// ```
     pub unsafe fn from_raw(ptr: *mut T) -> Self {
         // SAFETY: `into_raw` pointers are non-null; ownership per contract.
         unsafe { Self::from_non_null(NonNull::new_unchecked(ptr)) }
@@ -367,6 +386,14 @@ impl<'a, T: ?Sized> ArenaBox<'a, T> {
     }
 
     /// Pins the value where it is (it never moves in the arena).
+    ///
+    /// # Example
+    /// ```
+    /// use smallmid::{ArenaBox, SmallMidArena};
+    /// let arena = SmallMidArena::new();
+    /// let fut = ArenaBox::into_pin(arena.alloc(async { 7 }));
+    /// let _: std::pin::Pin<ArenaBox<'_, _>> = fut; // pollable in place
+    /// ```
     pub fn into_pin(b: Self) -> Pin<Self> {
         // SAFETY: the value is never moved out of its block while pinned:
         // the handle only gives it back through `Pin`'s own rules.

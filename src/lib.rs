@@ -47,7 +47,9 @@ pub use arena::{Builder, SmallMidArena};
 #[doc(hidden)]
 pub use audit::Audit;
 pub use boxed::ArenaBox;
-pub use stats::{global_stats, trim_warm_cache, ClassStats, GlobalStats, Stats};
+pub use stats::{
+    global_stats, set_warm_cache_limit, trim_warm_cache, ClassStats, GlobalStats, Stats,
+};
 
 #[doc(hidden)]
 pub use os::fail_next_maps;
