@@ -11,9 +11,11 @@ mod arena;
 mod asan;
 mod audit;
 mod boxed;
+mod bumpalo_api;
 mod cache;
 mod central;
 mod checked;
+pub mod collections;
 mod large;
 mod os;
 mod pool;
@@ -47,6 +49,7 @@ pub use arena::{Builder, SmallMidArena};
 #[doc(hidden)]
 pub use audit::Audit;
 pub use boxed::ArenaBox;
+pub use collections::String;
 pub use stats::{
     global_stats, set_warm_cache_limit, trim_warm_cache, ClassStats, GlobalStats, Stats,
 };
