@@ -34,11 +34,16 @@ trait Peer: Sized {
     const BULK: bool;
     /// May be shared by threads (one allocating, another freeing).
     const SYNC: bool;
+    /// Reused via `reset()` between requests and rounds, as its users do
+    /// (bump allocators), instead of a new arena each time.
+    const RESETS: bool = false;
     type A<'a>: Allocator
     where
         Self: 'a;
     fn new() -> Self;
     fn alloc(&self) -> Self::A<'_>;
+    /// Frees everything at once, keeping the memory (`RESETS` peers).
+    fn reset(&mut self) {}
 }
 
 struct System;
@@ -85,12 +90,16 @@ impl Peer for bumpalo::Bump {
     const FREES: bool = false;
     const BULK: bool = true;
     const SYNC: bool = false;
+    const RESETS: bool = true;
     type A<'a> = &'a bumpalo::Bump;
     fn new() -> Self {
         bumpalo::Bump::new()
     }
     fn alloc(&self) -> &bumpalo::Bump {
         self
+    }
+    fn reset(&mut self) {
+        bumpalo::Bump::reset(self);
     }
 }
 
@@ -244,13 +253,16 @@ fn churn<P: Peer>(scale: f64) -> Option<Run> {
 }
 
 /// 200,000 random 256..=1024 B blocks, then drop the arena (bulk release
-/// where the peer can); 20 rounds after one warm-up round.
+/// where the peer can; bumpalo: `reset()` one `Bump`); 20 rounds after one
+/// warm-up round.
 fn fill_drop<P: Peer>(scale: f64) -> Option<Run> {
     let n = (200_000.0 * scale) as usize;
     let mut sizes = Sizes::new(256, 1024, 2);
     let mut blocks = Vec::with_capacity(n);
+    let mut kept = P::RESETS.then(P::new);
     let mut round = |blocks: &mut Vec<(NonNull<u8>, Layout)>| {
-        let arena = P::new();
+        let fresh = kept.is_none().then(P::new);
+        let arena = fresh.as_ref().or(kept.as_ref()).unwrap();
         let a = arena.alloc();
         for _ in 0..n {
             let l = sizes.next();
@@ -264,7 +276,10 @@ fn fill_drop<P: Peer>(scale: f64) -> Option<Run> {
         }
         blocks.clear();
         drop(a);
-        drop(arena);
+        drop(fresh);
+        if let Some(k) = kept.as_mut() {
+            k.reset();
+        }
     };
     round(&mut blocks);
     Some(timed(20 * n as u64, || {
@@ -272,13 +287,16 @@ fn fill_drop<P: Peer>(scale: f64) -> Option<Run> {
     }))
 }
 
-/// New arena, 32 random 16..=1024 B blocks and a Vec<u64> grown to 100,
-/// drop. One op = one request.
+/// New arena (bumpalo: one `Bump`, `reset()` after each request), 32 random
+/// 16..=1024 B blocks and a Vec<u64> grown to 100, drop. One op = one
+/// request.
 fn per_request<P: Peer>(scale: f64) -> Option<Run> {
     let rounds = (200_000.0 * scale) as usize;
     let mut sizes = Sizes::new(16, 1024, 3);
+    let mut kept = P::RESETS.then(P::new);
     let mut one = || {
-        let arena = P::new();
+        let fresh = kept.is_none().then(P::new);
+        let arena = fresh.as_ref().or(kept.as_ref()).unwrap();
         let a = arena.alloc();
         let mut blocks = [(NonNull::<u8>::dangling(), Layout::new::<u8>()); 32];
         for b in blocks.iter_mut() {
@@ -298,7 +316,10 @@ fn per_request<P: Peer>(scale: f64) -> Option<Run> {
             }
         }
         drop(a);
-        drop(arena);
+        drop(fresh);
+        if let Some(k) = kept.as_mut() {
+            k.reset();
+        }
     };
     for _ in 0..1000 {
         one();

@@ -218,3 +218,12 @@ unsafe impl Allocator for SmallMidArena {
         unsafe { self.state().relocate(ptr, old, new, new.size()) }
     }
 }
+
+// A panic can only cross an arena operation between its steps, never in the
+// middle of one: the engine calls no user code, its critical sections do
+// not panic midway (see `sync::lock`), and `checked` misuse panics fire
+// before any state changes. The interior mutability behind the handle (front
+// caches, locks) therefore never shows a broken invariant after an unwind,
+// so `catch_unwind(|| arena.alloc(1))` is as sound as with `&Vec`.
+impl core::panic::UnwindSafe for SmallMidArena {}
+impl core::panic::RefUnwindSafe for SmallMidArena {}

@@ -196,7 +196,6 @@ impl SmallMidArena {
     pub fn builder() -> Builder {
         Builder {
             memory_limit: usize::MAX,
-            warm_cache_limit: None,
         }
     }
 
@@ -275,6 +274,7 @@ impl Default for SmallMidArena {
     }
 }
 
+/// Cheap: no lock, no walk over thread caches (use [`SmallMidArena::stats`]).
 impl fmt::Debug for SmallMidArena {
     /// Cheap: no lock, no walk (see [`SmallMidArena::stats`] for counters).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -521,7 +521,6 @@ impl ArenaState {
 #[must_use]
 pub struct Builder {
     memory_limit: usize,
-    warm_cache_limit: Option<usize>,
 }
 
 impl Builder {
@@ -534,19 +533,14 @@ impl Builder {
     ///
     /// # Example
     /// ```
+    /// use smallmid::Allocator;
+    /// use std::alloc::Layout;
     /// let arena = smallmid::SmallMidArena::builder().memory_limit(1 << 20).build();
-    /// assert!(arena.try_alloc([0u8; 2 << 20]).is_err());
+    /// assert!(arena.allocate(Layout::new::<[u8; 2 << 20]>()).is_err()); // over the limit
+    /// assert!(arena.try_alloc([0u8; 1024]).is_ok());
     /// ```
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
-        self
-    }
-
-    /// Sets the **process-wide** cap on warm (cached, empty) SuperSlab
-    /// memory kept for future arenas; default 1 GiB. Below that cap the
-    /// cache follows recent demand and decays (see the crate docs).
-    pub fn warm_cache_limit(mut self, bytes: usize) -> Self {
-        self.warm_cache_limit = Some(bytes);
         self
     }
 
@@ -557,8 +551,8 @@ impl Builder {
     ///
     /// # Example
     /// ```
-    /// let arena = smallmid::SmallMidArena::builder().build();
-    /// # drop(arena);
+    /// let arena = smallmid::SmallMidArena::builder().memory_limit(16 << 20).build();
+    /// assert_eq!(*arena.alloc(5), 5);
     /// ```
     pub fn build(self) -> SmallMidArena {
         match self.try_build() {
@@ -577,12 +571,13 @@ impl Builder {
     ///
     /// # Example
     /// ```
-    /// assert!(smallmid::SmallMidArena::builder().memory_limit(4096).try_build().is_err());
+    /// use smallmid::SmallMidArena;
+    /// assert!(SmallMidArena::builder().memory_limit(1000).try_build().is_err());
+    /// let arena = SmallMidArena::builder().memory_limit(2 << 20).try_build()?;
+    /// # drop(arena);
+    /// # Ok::<(), smallmid::AllocError>(())
     /// ```
     pub fn try_build(self) -> Result<SmallMidArena, AllocError> {
-        if let Some(bytes) = self.warm_cache_limit {
-            warm::set_limit_bytes(bytes);
-        }
         if self.memory_limit < SUPERSLAB_SIZE {
             return Err(AllocError);
         }

@@ -103,11 +103,11 @@ unsafe fn free_block(ptr: NonNull<u8>, layout: Layout) {
 /// Frees a block if dropped: owns memory during construction, so a panic
 /// (in a closure or a `clone`) frees what was allocated and drops what was
 /// constructed.
-struct Building<T> {
-    ptr: NonNull<T>,
-    layout: Layout,
+pub(crate) struct Building<T> {
+    pub(crate) ptr: NonNull<T>,
+    pub(crate) layout: Layout,
     /// Elements initialized so far.
-    done: usize,
+    pub(crate) done: usize,
 }
 
 impl<T> Drop for Building<T> {
@@ -122,7 +122,7 @@ impl<T> Drop for Building<T> {
 }
 
 impl SmallMidArena {
-    fn block<T>(&self, layout: Layout) -> Result<NonNull<T>, AllocError> {
+    pub(crate) fn block<T>(&self, layout: Layout) -> Result<NonNull<T>, AllocError> {
         Ok(self.state().allocate(layout)?.cast())
     }
 
@@ -191,6 +191,15 @@ impl SmallMidArena {
     ///
     /// # Errors
     /// `AllocError` when the arena's memory limit or the OS refuses.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::builder().memory_limit(1 << 20).build();
+    /// assert!(arena.try_alloc_with(|| [1u8; 4 << 20]).is_err()); // `f` not called
+    /// let table = arena.try_alloc_with(|| [1u8; 4096])?;
+    /// assert_eq!(table.len(), 4096);
+    /// # Ok::<(), smallmid::AllocError>(())
+    /// ```
     pub fn try_alloc_with<T>(&self, f: impl FnOnce() -> T) -> Result<ArenaBox<'_, T>, AllocError> {
         let layout = Layout::new::<T>();
         let guard = Building::<T> {
@@ -234,10 +243,37 @@ impl SmallMidArena {
     pub fn alloc_slice_fill_with<T>(
         &self,
         len: usize,
-        mut f: impl FnMut(usize) -> T,
+        f: impl FnMut(usize) -> T,
     ) -> ArenaBox<'_, [T]> {
-        let layout = Layout::array::<T>(len).unwrap_or_else(|_| oom(Layout::new::<T>()));
-        let ptr = self.block::<T>(layout).unwrap_or_else(|_| oom(layout));
+        self.try_alloc_slice_fill_with(len, f)
+            .unwrap_or_else(|_| oom(Layout::new::<T>()))
+    }
+
+    /// [`Self::alloc_slice_fill_with`] returning `AllocError` instead of
+    /// panicking when the size overflows or no memory can be had (`f` is
+    /// then not called).
+    ///
+    /// # Errors
+    /// `AllocError` when `len` elements overflow `isize` or the arena's
+    /// memory limit or the OS refuses.
+    ///
+    /// # Panics
+    /// If `f` panics (what was made is dropped, the block freed).
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::new();
+    /// assert!(arena.try_alloc_slice_fill_with(usize::MAX, |i| i).is_err());
+    /// assert_eq!(&*arena.try_alloc_slice_fill_with(3, |i| i)?, &[0, 1, 2]);
+    /// # Ok::<(), smallmid::AllocError>(())
+    /// ```
+    pub fn try_alloc_slice_fill_with<T>(
+        &self,
+        len: usize,
+        mut f: impl FnMut(usize) -> T,
+    ) -> Result<ArenaBox<'_, [T]>, AllocError> {
+        let layout = Layout::array::<T>(len).map_err(|_| AllocError)?;
+        let ptr = self.block::<T>(layout)?;
         let mut guard = Building {
             ptr,
             layout,
@@ -251,7 +287,7 @@ impl SmallMidArena {
         let guard = ManuallyDrop::new(guard);
         let slice = NonNull::slice_from_raw_parts(guard.ptr, len);
         // SAFETY: all `len` elements are initialized; ownership moves.
-        unsafe { ArenaBox::from_non_null(slice) }
+        Ok(unsafe { ArenaBox::from_non_null(slice) })
     }
 
     /// Copies a slice into the arena.
@@ -304,7 +340,7 @@ impl SmallMidArena {
 }
 
 #[cold]
-fn oom(layout: Layout) -> ! {
+pub(crate) fn oom(layout: Layout) -> ! {
     panic!(
         "smallmid: out of memory allocating {} bytes (align {})",
         layout.size(),
@@ -316,7 +352,7 @@ impl<'a, T: ?Sized> ArenaBox<'a, T> {
     /// # Safety
     /// `ptr` points to an initialized `T` in a block allocated from an arena
     /// living for `'a`, with `Layout::for_value(&*ptr)`, owned by nobody else.
-    unsafe fn from_non_null(ptr: NonNull<T>) -> Self {
+    pub(crate) unsafe fn from_non_null(ptr: NonNull<T>) -> Self {
         ArenaBox {
             ptr,
             _owns: PhantomData,
@@ -346,6 +382,16 @@ impl<'a, T: ?Sized> ArenaBox<'a, T> {
     /// `'a` (a `*mut [T]` or `*mut str` cast keeping the same bytes is
     /// fine, and so is an unsizing cast such as to `*mut dyn Trait`), and
     /// no other handle to it exists.
+    ///
+    /// # Example
+    /// ```
+    /// use smallmid::{ArenaBox, SmallMidArena};
+    /// let arena = SmallMidArena::new();
+    /// let p = ArenaBox::into_raw(arena.alloc_slice_copy(&[1u8, 2, 3]));
+    /// // SAFETY: from `into_raw` of a handle of `arena`, rebuilt once.
+    /// let b: ArenaBox<'_, [u8]> = unsafe { ArenaBox::from_raw(p) };
+    /// assert_eq!(&*b, &[1, 2, 3]);
+    /// ```
     pub unsafe fn from_raw(ptr: *mut T) -> Self {
         // SAFETY: `into_raw` pointers are non-null; ownership per contract.
         unsafe { Self::from_non_null(NonNull::new_unchecked(ptr)) }
@@ -367,6 +413,14 @@ impl<'a, T: ?Sized> ArenaBox<'a, T> {
     }
 
     /// Pins the value where it is (it never moves in the arena).
+    ///
+    /// # Example
+    /// ```
+    /// use smallmid::{ArenaBox, SmallMidArena};
+    /// let arena = SmallMidArena::new();
+    /// let fut = ArenaBox::into_pin(arena.alloc(async { 7 }));
+    /// let _: std::pin::Pin<ArenaBox<'_, _>> = fut; // pollable in place
+    /// ```
     pub fn into_pin(b: Self) -> Pin<Self> {
         // SAFETY: the value is never moved out of its block while pinned:
         // the handle only gives it back through `Pin`'s own rules.

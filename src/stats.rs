@@ -24,6 +24,7 @@ use core::fmt;
 /// assert_eq!(s.blocks_in_use, 1);
 /// assert_eq!(s.bytes_in_use, 320); // the 320-byte size class
 /// assert_eq!(s.superslabs, 1);     // the home SuperSlab
+/// assert!(s.to_string().starts_with("arena: 320 B in 1 blocks in use, 1.00 MiB held"));
 /// drop(b);
 /// assert_eq!(arena.stats().blocks_in_use, 0);
 /// println!("{}", arena.stats());
@@ -54,6 +55,14 @@ pub struct Stats {
 }
 
 /// One size class's counters in [`Stats`].
+///
+/// # Example
+/// ```
+/// let arena = smallmid::SmallMidArena::new();
+/// drop(arena.alloc([0u8; 300]));
+/// let c = arena.stats().classes[0];
+/// assert_eq!((c.size, c.allocs, c.frees, c.blocks_in_use), (320, 1, 1, 0));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
@@ -80,7 +89,17 @@ pub struct ClassStats {
 }
 
 impl SmallMidArena {
-    /// A snapshot of this arena's counters.
+    /// A snapshot of this arena's counters (a walk over its threads' caches
+    /// and the pool lock: not for a hot path).
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::new();
+    /// let v = arena.alloc_slice_fill_with(100, |i| i as u64);
+    /// let s = arena.stats();
+    /// assert_eq!((s.blocks_in_use, s.bytes_in_use), (1, 896)); // 800 B in the 896 B class
+    /// # drop(v);
+    /// ```
     pub fn stats(&self) -> Stats {
         let st = self.state();
         let mut classes: Vec<ClassStats> = (0..NUM_CLASSES)
@@ -143,19 +162,37 @@ impl SmallMidArena {
     }
 }
 
+/// A byte count in the largest unit (B, KiB, MiB, GiB) it reaches.
+struct Bytes(u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+        if self.0 < 1024 {
+            return write!(f, "{} B", self.0);
+        }
+        let mut v = self.0 as f64 / 1024.0;
+        let mut unit = 0;
+        while v >= 1024.0 && unit + 1 < UNITS.len() {
+            v /= 1024.0;
+            unit += 1;
+        }
+        write!(f, "{v:.2} {}", UNITS[unit])
+    }
+}
+
 impl fmt::Display for Stats {
     /// A compact table: totals, then one row per active size class.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
         writeln!(
             f,
-            "arena: {:.2} MiB in {} blocks in use, {:.1} MiB held ({} SuperSlabs, {:.1} MiB huge), {} thread caches, \
+            "arena: {} in {} blocks in use, {} held ({} SuperSlabs, {} huge), {} thread caches, \
              large: {} allocs / {} frees",
-            mib(self.bytes_in_use),
+            Bytes(self.bytes_in_use),
             self.blocks_in_use,
-            mib(self.bytes_held),
+            Bytes(self.bytes_held),
             self.superslabs,
-            mib(self.huge_bytes),
+            Bytes(self.huge_bytes),
             self.thread_caches,
             self.large_allocs,
             self.large_frees
@@ -223,6 +260,15 @@ pub struct GlobalStats {
 }
 
 /// Process-wide counters: mappings, the warm cache, live arenas.
+///
+/// # Example
+/// ```
+/// let arena = smallmid::SmallMidArena::new();
+/// let g = smallmid::global_stats();
+/// assert!(g.arenas_alive >= 1 && g.superslabs_in_use >= 1);
+/// println!("{g}");
+/// # drop(arena);
+/// ```
 pub fn global_stats() -> GlobalStats {
     let (mmaps, munmaps) = os::counters();
     let (cached, in_use, limit) = warm::counts();
@@ -256,19 +302,53 @@ pub fn trim_warm_cache() -> usize {
     warm::trim()
 }
 
+/// Sets the process-wide cap on warm (cached, empty) SuperSlab memory kept
+/// for future arenas, in bytes (rounded down to whole 1 MiB SuperSlabs);
+/// default 1 GiB. Below the cap the cache follows recent demand and decays.
+/// Lowering it returns the excess to the OS at once.
+///
+/// # Example
+/// ```
+/// smallmid::set_warm_cache_limit(4 << 20);
+/// assert_eq!(smallmid::global_stats().warm_limit_bytes, 4 << 20);
+/// drop(smallmid::SmallMidArena::new());
+/// assert!(smallmid::global_stats().warm_bytes <= 4 << 20);
+/// smallmid::set_warm_cache_limit(1 << 30);
+/// ```
+pub fn set_warm_cache_limit(bytes: usize) {
+    warm::set_limit_bytes(bytes);
+}
+
 impl fmt::Display for GlobalStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({:.1} MiB, cap {:.0} MiB), {} mmaps, {} munmaps",
+            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({}, cap {}), {} mmaps, {} munmaps",
             self.arenas_alive,
             self.threads,
             self.superslabs_in_use,
             self.warm_superslabs,
-            self.warm_bytes as f64 / (1 << 20) as f64,
-            self.warm_limit_bytes as f64 / (1 << 20) as f64,
+            Bytes(self.warm_bytes as u64),
+            Bytes(self.warm_limit_bytes as u64),
             self.mmaps,
             self.munmaps
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bytes;
+
+    #[test]
+    fn units_follow_size() {
+        let show = |b: u64| Bytes(b).to_string();
+        assert_eq!(show(0), "0 B");
+        assert_eq!(show(1023), "1023 B");
+        assert_eq!(show(1024), "1.00 KiB");
+        assert_eq!(show(1536), "1.50 KiB");
+        assert_eq!(show(3 << 20), "3.00 MiB");
+        assert_eq!(show(5 << 30), "5.00 GiB");
+        assert_eq!(show(5 << 40), "5120.00 GiB");
     }
 }

@@ -211,7 +211,10 @@ pub(crate) fn set_tid(tid: u32) -> u32 {
 #[cfg(feature = "test-hooks")]
 pub(crate) fn set_tid_offset(offset: u32) {
     let mut t = lock(&TIDS);
-    assert!(t.words.iter().all(|&w| w == 0), "set the index offset before any thread has one");
+    assert!(
+        t.words.iter().all(|&w| w == 0),
+        "set the index offset before any thread has one"
+    );
     t.offset = offset;
 }
 

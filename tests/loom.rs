@@ -239,7 +239,11 @@ fn thread_exit_races_slot_takeover() {
         let total = |f: fn(&smallmid::ClassStats) -> u64| s.classes.iter().map(f).sum::<u64>();
         assert_eq!((total(|c| c.allocs), total(|c| c.frees)), (2, 2), "{s}");
         let audit = arena.audit();
-        assert_eq!((audit.slabs_for(L256), audit.slabs_for(L1K)), (0, 0), "{audit:?}");
+        assert_eq!(
+            (audit.slabs_for(L256), audit.slabs_for(L1K)),
+            (0, 0),
+            "{audit:?}"
+        );
     });
 }
 
@@ -248,7 +252,8 @@ fn thread_exit_races_slot_takeover() {
 #[test]
 fn warm_cache_two_drops_one_create() {
     model(|| {
-        let a1 = SmallMidArena::builder().warm_cache_limit(1 << 20).build();
+        smallmid::set_warm_cache_limit(1 << 20);
+        let a1 = SmallMidArena::new();
         let a2 = SmallMidArena::new();
         let t1 = thread::spawn(move || drop(a1));
         let t2 = thread::spawn(move || drop(a2));
@@ -354,7 +359,11 @@ fn orphan_path_races_recycle() {
         let next = SmallMidArena::new();
         assert_eq!(next.stats().blocks_in_use, 0, "{}", next.stats());
         next.flush_thread_cache();
-        assert_eq!(next.audit().blocks_out, 0, "orphan blocks survived the reset");
+        assert_eq!(
+            next.audit().blocks_out,
+            0,
+            "orphan blocks survived the reset"
+        );
     });
 }
 
