@@ -34,6 +34,8 @@ trait Peer: Sized {
     const BULK: bool;
     /// May be shared by threads (one allocating, another freeing).
     const SYNC: bool;
+    /// Any thread may allocate from it (a mimalloc heap: only its own).
+    const ANY_THREAD: bool = true;
     /// Reused via `reset()` between requests and rounds, as its users do
     /// (bump allocators), instead of a new arena each time.
     const RESETS: bool = false;
@@ -77,6 +79,7 @@ impl Peer for MiHeap {
     const FREES: bool = true;
     const BULK: bool = true;
     const SYNC: bool = true;
+    const ANY_THREAD: bool = false;
     type A<'a> = &'a MiHeap;
     fn new() -> Self {
         MiHeap::new()
@@ -150,6 +153,26 @@ impl Peer for smallmid::SmallMidArena {
     }
     fn alloc(&self) -> &smallmid::SmallMidArena {
         self
+    }
+}
+
+/// smallmid as bumpalo's users run bumpalo: one arena per worker,
+/// `reset()` between requests and rounds.
+struct SmallReset(smallmid::SmallMidArena);
+impl Peer for SmallReset {
+    const FREES: bool = true;
+    const BULK: bool = true;
+    const SYNC: bool = true;
+    const RESETS: bool = true;
+    type A<'a> = &'a smallmid::SmallMidArena;
+    fn new() -> Self {
+        SmallReset(smallmid::SmallMidArena::new())
+    }
+    fn alloc(&self) -> &smallmid::SmallMidArena {
+        &self.0
+    }
+    fn reset(&mut self) {
+        self.0.reset();
     }
 }
 
@@ -374,6 +397,189 @@ fn xthread<P: Peer>(scale: f64) -> Option<Run> {
     Some(timed(n as u64, || run(n, &mut sizes)))
 }
 
+/// Blocks handed between threads.
+struct Sent<T>(T);
+// SAFETY: the blocks (and the arena, for `Send` peers) are owned by
+// whoever holds the value; the receiving side is their only user.
+unsafe impl<T> Send for Sent<T> {}
+impl<T> Sent<T> {
+    /// Unwraps inside a closure (capturing the whole `Send` wrapper).
+    fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+/// Requests that hop threads (a work-stealing runtime's tasks): a request's
+/// arena is made on one thread with 16 blocks of 16..=1024 B, handed over a
+/// channel (up to 512 in flight) to a second thread that adds 16 blocks and
+/// a `Vec<u64>` grown to 100, then drops it. One op = one request. Peers
+/// that reset (bumpalo) make a new arena per request: a `Bump` moved to
+/// another thread cannot be reset by its first one.
+fn hop<P: Peer>(scale: f64) -> Option<Run> {
+    if !P::ANY_THREAD {
+        return None; // a mimalloc heap allocates only on its own thread
+    }
+    let run = |n: usize| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Sent<(P, [(NonNull<u8>, Layout); 16])>>(512);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut sizes = Sizes::new(16, 1024, 6);
+                for Sent((arena, first)) in rx {
+                    let a = arena.alloc();
+                    let more: [(NonNull<u8>, Layout); 16] = core::array::from_fn(|_| {
+                        let l = sizes.next();
+                        (alloc_touch(&a, l), l)
+                    });
+                    let mut v = AVec::new_in(&a);
+                    v.extend(0..100u64);
+                    core::hint::black_box(&v);
+                    drop(v);
+                    if !P::BULK {
+                        for (p, l) in first.into_iter().chain(more) {
+                            // SAFETY: allocated from this arena with `l`.
+                            unsafe { a.deallocate(p, l) };
+                        }
+                    }
+                    drop(a);
+                    drop(arena);
+                }
+            });
+            let mut sizes = Sizes::new(16, 1024, 5);
+            for _ in 0..n {
+                let arena = P::new();
+                let a = arena.alloc();
+                let first = core::array::from_fn(|_| {
+                    let l = sizes.next();
+                    (alloc_touch(&a, l), l)
+                });
+                drop(a);
+                tx.send(Sent((arena, first))).unwrap();
+            }
+            drop(tx);
+        });
+    };
+    run(5_000);
+    let n = (200_000.0 * scale) as usize;
+    Some(timed(n as u64, || run(n)))
+}
+
+/// Thread churn beside many live arenas: 1,000 arenas stay alive (one per
+/// connection, each holding a block), while short-lived threads (a blocking
+/// pool, two alive at a time) each make 500 allocations of 16..=1024 B in
+/// one of them, free them and exit. One op = one allocation.
+fn thread_churn<P: Peer>(scale: f64) -> Option<Run> {
+    if !(P::SYNC && P::FREES && P::ANY_THREAD) {
+        return None;
+    }
+    struct Shared<P>(P);
+    // SAFETY: `SYNC` peers may be used from several threads at once.
+    unsafe impl<P> Sync for Shared<P> {}
+    let arenas: Vec<Shared<P>> = (0..1000).map(|_| Shared(P::new())).collect();
+    let held: Vec<_> = arenas
+        .iter()
+        .map(|a| Sent((alloc_touch(&a.0.alloc(), Layout::new::<[u64; 8]>()), 0)))
+        .collect();
+    let run = |threads: usize| {
+        for pair in 0..threads / 2 {
+            std::thread::scope(|s| {
+                for k in 0..2 {
+                    let arena = &arenas[(pair * 2 + k) * 7 % arenas.len()];
+                    s.spawn(move || {
+                        let a = arena.0.alloc();
+                        let mut sizes = Sizes::new(16, 1024, pair as u64 + 7);
+                        let blocks: Vec<_> = (0..500)
+                            .map(|_| {
+                                let l = sizes.next();
+                                (alloc_touch(&a, l), l)
+                            })
+                            .collect();
+                        for (p, l) in blocks {
+                            // SAFETY: allocated from this arena with `l`.
+                            unsafe { a.deallocate(p, l) };
+                        }
+                    });
+                }
+            });
+        }
+    };
+    run(100);
+    let threads = ((2_000.0 * scale) as usize).max(2);
+    let r = timed(threads as u64 * 500, || run(threads));
+    for (a, Sent((p, _))) in arenas.iter().zip(held) {
+        // SAFETY: allocated above with this layout.
+        unsafe { a.0.alloc().deallocate(p, Layout::new::<[u64; 8]>()) };
+    }
+    Some(r)
+}
+
+/// More threads than cores on one shared arena (larson-like): `--threads`
+/// threads (default: twice the cores) each churn a ring of 1,024 blocks of
+/// 16..=1024 B; every ring starts filled by the previous thread, so its
+/// first frees cross threads. One op = one free and one allocation.
+fn shared<P: Peer>(scale: f64, threads: usize) -> Option<Run> {
+    if !(P::SYNC && P::FREES && P::ANY_THREAD) {
+        return None;
+    }
+    struct Shared<P>(P);
+    // SAFETY: `SYNC` peers may be used from several threads at once.
+    unsafe impl<P> Sync for Shared<P> {}
+    let arena = Shared(P::new());
+    let per = (2_000_000.0 * scale) as usize / threads;
+    let mut rings: Vec<Sent<Vec<(NonNull<u8>, Layout)>>> = (0..threads)
+        .map(|t| {
+            let a = arena.0.alloc();
+            let mut sizes = Sizes::new(16, 1024, 100 + t as u64);
+            Sent(
+                (0..1024)
+                    .map(|_| {
+                        let l = sizes.next();
+                        (alloc_touch(&a, l), l)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    rings.rotate_left(1);
+    let mut run = || {
+        std::thread::scope(|s| {
+            let arena = &arena;
+            let handles: Vec<_> = rings
+                .drain(..)
+                .enumerate()
+                .map(|(t, ring)| {
+                    s.spawn(move || {
+                        let mut ring = ring.into_inner();
+                        let a = arena.0.alloc();
+                        let mut sizes = Sizes::new(16, 1024, 200 + t as u64);
+                        for i in 0..per {
+                            let slot = &mut ring[i & 1023];
+                            // SAFETY: allocated from this arena with `slot.1`.
+                            unsafe { a.deallocate(slot.0, slot.1) };
+                            let l = sizes.next();
+                            *slot = (alloc_touch(&a, l), l);
+                        }
+                        Sent(ring)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let mut rings_out = Vec::new();
+    let r = timed((per * threads) as u64, || rings_out = run());
+    let a = arena.0.alloc();
+    for Sent(ring) in rings_out {
+        for (p, l) in ring {
+            // SAFETY: allocated from this arena with `l`.
+            unsafe { a.deallocate(p, l) };
+        }
+    }
+    Some(r)
+}
+
 /// A small node, as a tree or list would hold.
 #[derive(Clone, Copy)]
 struct Node(#[allow(dead_code)] [u64; 4]); // the payload: written, never read
@@ -418,19 +624,24 @@ const BOX_PEERS: [&str; 4] = [
 
 // ---------------------------------------------------------------- driver
 
-const WORKLOADS: [(&str, &str); 5] = [
+const WORKLOADS: [(&str, &str); 9] = [
     ("churn", "mimalloc"),
     ("fill-drop", "mimalloc heap"),
     ("per-request", "bumpalo"),
     ("xthread", "mimalloc"),
     ("boxes", "Box (glibc)"),
+    ("hop", "mimalloc"),
+    ("thread-churn", "system (glibc)"),
+    ("shared", "mimalloc"),
+    ("reset", "bumpalo"),
 ];
 
 fn peers_of(workload: &str) -> &'static [&'static str] {
-    if workload == "boxes" {
-        &BOX_PEERS
-    } else {
-        &PEERS
+    match workload {
+        "boxes" => &BOX_PEERS,
+        "reset" => &RESET_PEERS,
+        "thread-churn" | "shared" => &SHARED_PEERS,
+        _ => &PEERS,
     }
 }
 const PEERS: [&str; 6] = [
@@ -441,13 +652,20 @@ const PEERS: [&str; 6] = [
     "bumpalo",
     "blink-alloc",
 ];
+/// Arenas kept per worker and reset per request, as bumpalo users do.
+const RESET_PEERS: [&str; 2] = ["smallmid reset()", "bumpalo"];
+/// Allocators many threads share at once.
+const SHARED_PEERS: [&str; 4] = ["smallmid", "mimalloc", "system (glibc)", "blink-alloc"];
 
 fn run_peer<P: Peer>(workload: &str, scale: f64) -> Option<Run> {
     match workload {
         "churn" => churn::<P>(scale),
         "fill-drop" => fill_drop::<P>(scale),
-        "per-request" => per_request::<P>(scale),
+        "per-request" | "reset" => per_request::<P>(scale),
         "xthread" => xthread::<P>(scale),
+        "hop" => hop::<P>(scale),
+        "thread-churn" => thread_churn::<P>(scale),
+        "shared" => shared::<P>(scale, threads()),
         _ => panic!("unknown workload {workload}"),
     }
 }
@@ -468,6 +686,7 @@ fn child(workload: &str, peer: &str, scale: f64) {
 fn match_peer(workload: &str, peer: &str, scale: f64) -> Option<Run> {
     match peer {
         "smallmid" => run_peer::<smallmid::SmallMidArena>(workload, scale),
+        "smallmid reset()" => run_peer::<SmallReset>(workload, scale),
         "mimalloc" => run_peer::<MiGlobal>(workload, scale),
         "mimalloc heap" => run_peer::<MiHeap>(workload, scale),
         "system (glibc)" => run_peer::<System>(workload, scale),
@@ -483,6 +702,15 @@ struct Samples {
     rss_kb: Vec<f64>,
     faults_per_mop: Vec<f64>,
     na: bool,
+}
+
+/// Threads of the `shared` workload: `SMALLMID_THREADS`, else twice the
+/// cores (the child processes inherit it from `--threads`).
+fn threads() -> usize {
+    std::env::var("SMALLMID_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -508,6 +736,10 @@ fn main() {
         return;
     }
     let reps: usize = arg("--reps").map_or(5, |s| s.parse().unwrap());
+    if let Some(t) = arg("--threads") {
+        std::env::set_var("SMALLMID_THREADS", t);
+    }
+    eprintln!("shared workload: {} threads", threads());
     let only: Option<String> = arg("--only");
     let exe = std::env::current_exe().unwrap();
     let mut results = std::collections::HashMap::<(usize, usize), Samples>::new();
@@ -564,10 +796,9 @@ fn main() {
                 continue;
             }
             let ns = median(&s.ns_per_op);
-            let unit = if *w == "per-request" {
-                " (per request)"
-            } else {
-                ""
+            let unit = match *w {
+                "per-request" | "reset" | "hop" => " (per request)",
+                _ => "",
             };
             println!(
                 "| {w} | {p} | {ns:.1}{unit} | {:.2} | {:.2}× {reference} | {:.1} | {:.0} |",

@@ -327,8 +327,9 @@ impl ArenaState {
         let mut owners: SmallVec<[(usize, *const ThreadRecord); 8]> = SmallVec::new();
         {
             let m = lock(&self.members);
-            if m.caches == 0 {
-                return;
+            let own = self.owner_of_slot(&m, keep as usize).is_some();
+            if m.caches == own as usize {
+                return; // nobody else's
             }
             self.for_each_cache(&m, |tid, _| {
                 if tid != keep as usize {
@@ -386,13 +387,14 @@ impl ArenaState {
         if let Some(c) = own_cache {
             // SAFETY: our own cache.
             wanted = unsafe { c.with(|i| i.clear()) };
-            let mut m = lock(&self.members);
-            m.fold(&c.counters, wanted); // takes (zeroes) the cache's counters
-            m.zero();
-        } else {
-            lock(&self.members).zero();
+            let mut t = wanted;
+            while t != 0 {
+                c.counters[t.trailing_zeros() as usize].take();
+                t &= t - 1;
+            }
         }
-        let mut seen: u64 = 0;
+        lock(&self.members).zero();
+        let mut listed: u64 = 0;
         let mut release: SmallVec<[(*const SuperSlab, usize, bool); 16]> = SmallVec::new();
         let mut pool = lock(&self.pool);
         // SAFETY: no huge block is used again (contract).
@@ -411,7 +413,9 @@ impl ArenaState {
                     (*ss).slabs[idx].with(|s| match s.use_ {
                         Use::Class(c) => {
                             let c = c as usize;
-                            seen |= 1 << c;
+                            if s.in_partial {
+                                listed |= 1 << c; // its class list needs clearing
+                            }
                             let start = s.end.wrapping_sub(s.capacity as usize * s.size as usize);
                             crate::asan::poison(start, s.end as usize - start as usize);
                             s.in_partial = false;
@@ -451,9 +455,9 @@ impl ArenaState {
             }
         }
         drop(pool);
-        while seen != 0 {
-            lock(&self.classes[seen.trailing_zeros() as usize]).clear();
-            seen &= seen - 1;
+        while listed != 0 {
+            lock(&self.classes[listed.trailing_zeros() as usize]).clear();
+            listed &= listed - 1;
         }
         if let Some(c) = own_cache {
             // SAFETY: our own cache.

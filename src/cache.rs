@@ -94,9 +94,15 @@ pub(crate) struct Counts {
 }
 
 impl ClassCounters {
-    /// Reads and zeroes the counters (exclusive access: no concurrent bump).
+    /// Reads and zeroes the counters. The caller excludes their writer (its
+    /// thread, or exclusive ownership of the arena), so a load and a store
+    /// do, not a read-modify-write.
     pub(crate) fn take(&self) -> Counts {
-        let t = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
+        let t = |a: &AtomicU64| {
+            let v = a.load(Ordering::Relaxed);
+            a.store(0, Ordering::Relaxed);
+            v
+        };
         Counts {
             allocs: t(&self.allocs),
             frees: t(&self.frees),
