@@ -525,7 +525,8 @@ fn shared<P: Peer>(scale: f64, threads: usize) -> Option<Run> {
     unsafe impl<P> Sync for Shared<P> {}
     let arena = Shared(P::new());
     let per = (2_000_000.0 * scale) as usize / threads;
-    let mut rings: Vec<Sent<Vec<(NonNull<u8>, Layout)>>> = (0..threads)
+    type Ring = Vec<(NonNull<u8>, Layout)>;
+    let mut rings: Vec<Sent<Ring>> = (0..threads)
         .map(|t| {
             let a = arena.0.alloc();
             let mut sizes = Sizes::new(16, 1024, 100 + t as u64);
