@@ -8,6 +8,67 @@ use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
+/// Implements an `Allocator` trait (allocator-api2 0.2's, or 0.4's) for a
+/// handle type by forwarding every method to the arena it reaches
+/// (`|s| expr` turns `&Self` into `&SmallMidArena`).
+macro_rules! forward_allocator {
+    ($tr:path, $err:path, $ty:ty, |$s:ident| $arena:expr) => {
+        // SAFETY: every method forwards to the arena's allocator-api2 0.2
+        // implementation, whose contract (blocks valid until freed or the
+        // arena dropped, aligned, at least the size) is this trait's.
+        unsafe impl $tr for $ty {
+            #[inline(always)]
+            fn allocate(&self, l: Layout) -> Result<NonNull<[u8]>, $err> {
+                let $s = self;
+                allocator_api2::alloc::Allocator::allocate($arena, l).map_err(|_| $err)
+            }
+            fn allocate_zeroed(&self, l: Layout) -> Result<NonNull<[u8]>, $err> {
+                let $s = self;
+                allocator_api2::alloc::Allocator::allocate_zeroed($arena, l).map_err(|_| $err)
+            }
+            #[inline(always)]
+            unsafe fn deallocate(&self, p: NonNull<u8>, l: Layout) {
+                let $s = self;
+                // SAFETY: forwarded trait contract.
+                unsafe { allocator_api2::alloc::Allocator::deallocate($arena, p, l) }
+            }
+            unsafe fn grow(
+                &self,
+                p: NonNull<u8>,
+                o: Layout,
+                n: Layout,
+            ) -> Result<NonNull<[u8]>, $err> {
+                let $s = self;
+                // SAFETY: forwarded trait contract.
+                unsafe { allocator_api2::alloc::Allocator::grow($arena, p, o, n) }.map_err(|_| $err)
+            }
+            unsafe fn grow_zeroed(
+                &self,
+                p: NonNull<u8>,
+                o: Layout,
+                n: Layout,
+            ) -> Result<NonNull<[u8]>, $err> {
+                let $s = self;
+                // SAFETY: forwarded trait contract.
+                unsafe { allocator_api2::alloc::Allocator::grow_zeroed($arena, p, o, n) }
+                    .map_err(|_| $err)
+            }
+            unsafe fn shrink(
+                &self,
+                p: NonNull<u8>,
+                o: Layout,
+                n: Layout,
+            ) -> Result<NonNull<[u8]>, $err> {
+                let $s = self;
+                // SAFETY: forwarded trait contract.
+                unsafe { allocator_api2::alloc::Allocator::shrink($arena, p, o, n) }
+                    .map_err(|_| $err)
+            }
+        }
+    };
+}
+pub(crate) use forward_allocator;
+
 #[inline(always)]
 fn dangling(align: usize) -> NonNull<[u8]> {
     // SAFETY: an alignment is never zero.

@@ -20,7 +20,7 @@ use crate::pool::Pool;
 use crate::size_class::NUM_CLASSES;
 use crate::slab::{Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META, SLABS, SUPERSLAB_SIZE};
-use crate::sync::{lock, AtomicPtr, AtomicU64, Mutex, Ordering};
+use crate::sync::{lock, try_lock, AtomicPtr, AtomicU64, Mutex, Ordering};
 use crate::thread::{self, ThreadRecord};
 use crate::warm;
 use allocator_api2::alloc::AllocError;
@@ -307,12 +307,17 @@ impl ArenaState {
         if small && thread::current_tid() != thread::DEAD {
             // SAFETY: exclusive (contract).
             unsafe { a.reset_all() };
-            match thread::swap_spare(state) {
-                Ok(old) if old.is_null() => return,
-                // SAFETY: the old spare had no handle; only the slot held it.
-                Ok(old) => return unsafe { ArenaState::destroy(old) },
-                Err(_) => {}
+            let left = match thread::swap_spare(state) {
+                Ok(old) => old,
+                Err(_) => state,
+            };
+            // The thread's previous spare (or this arena) goes to the
+            // shared spares, where other threads' `new()` find it.
+            if left.is_null() || Spares::give(left) {
+                return;
             }
+            // SAFETY: a spare has no handle; nobody else holds it.
+            return unsafe { ArenaState::destroy(left) };
         }
         // SAFETY: forwarded contract.
         unsafe { ArenaState::destroy(state) }
@@ -616,9 +621,82 @@ impl Builder {
     }
 }
 
-/// This thread's spare arena, set to `limit`, if it has one that fits.
+/// Spare arenas any thread may take, for flows where arenas are made on
+/// one thread and dropped on another (requests hopping threads): sharded
+/// by thread index, taken with `try_lock`, so no process-wide lock sits on
+/// the path and a busy shard is skipped, not waited for.
+///
+/// Invariant: each entry is a reset arena with no handle, held nowhere else.
+struct Spares {
+    arenas: [*mut ArenaState; PER_SHARD],
+    n: usize,
+}
+
+// SAFETY: the raw pointers are only used under the shard's mutex.
+unsafe impl Send for Spares {}
+
+const SHARDS: usize = 8;
+const PER_SHARD: usize = 4;
+
+#[cfg(not(loom))]
+static SPARES: [Mutex<Spares>; SHARDS] = [const {
+    Mutex::new(Spares {
+        arenas: [null_mut(); PER_SHARD],
+        n: 0,
+    })
+}; SHARDS];
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref SPARES: [Mutex<Spares>; SHARDS] = core::array::from_fn(|_| {
+        Mutex::new(Spares { arenas: [null_mut(); PER_SHARD], n: 0 })
+    });
+}
+
+impl Spares {
+    fn shard(k: usize) -> &'static Mutex<Spares> {
+        &SPARES[(thread::current_tid() as usize).wrapping_add(k) % SHARDS]
+    }
+
+    /// Keeps `a` for any thread; false if this thread's shard is full.
+    fn give(a: *mut ArenaState) -> bool {
+        let Some(mut s) = try_lock(Self::shard(0)) else {
+            return false;
+        };
+        if s.n == PER_SHARD {
+            return false;
+        }
+        let n = s.n;
+        s.arenas[n] = a;
+        s.n += 1;
+        true
+    }
+
+    /// A spare from this thread's shard, else any shard that is free now.
+    fn take() -> Option<NonNull<ArenaState>> {
+        (0..SHARDS).find_map(|k| {
+            let mut s = try_lock(Self::shard(k))?;
+            s.n = s.n.checked_sub(1)?;
+            NonNull::new(s.arenas[s.n])
+        })
+    }
+
+    /// Takes every shared spare (for trimming).
+    fn drain(out: &mut SmallVec<[*mut ArenaState; 8]>) {
+        for shard in SPARES.iter() {
+            let mut s = lock(shard);
+            while s.n > 0 {
+                s.n -= 1;
+                out.push(s.arenas[s.n]);
+            }
+        }
+    }
+}
+
+/// A spare arena (this thread's, else a shared one), set to `limit`, if
+/// one fits.
 fn take_spare(limit: usize) -> Option<NonNull<ArenaState>> {
-    let p = NonNull::new(thread::swap_spare(null_mut()).ok()?)?;
+    let own = thread::swap_spare(null_mut()).ok().and_then(NonNull::new);
+    let p = own.or_else(Spares::take)?;
     // SAFETY: spares are live until destroyed.
     let a = unsafe { p.as_ref() };
     let unlimited = limit == usize::MAX && a.limit.load(Ordering::Relaxed) == u64::MAX;
@@ -633,12 +711,15 @@ fn take_spare(limit: usize) -> Option<NonNull<ArenaState>> {
     Some(p)
 }
 
-/// Destroys this thread's spare arena, if any.
-pub(crate) fn release_spare() {
+/// Destroys this thread's spare arena and the shared spares.
+pub(crate) fn release_spares() {
+    let mut all = SmallVec::new();
     if let Ok(p) = thread::swap_spare(null_mut()) {
-        if !p.is_null() {
-            // SAFETY: a spare has no handle; we took it from its only slot.
-            unsafe { ArenaState::destroy(p) };
-        }
+        all.push(p);
+    }
+    Spares::drain(&mut all);
+    for p in all.into_iter().filter(|p| !p.is_null()) {
+        // SAFETY: a spare has no handle; we took it from its only slot.
+        unsafe { ArenaState::destroy(p) };
     }
 }

@@ -20,6 +20,7 @@ pub mod collections;
 mod large;
 mod os;
 mod pool;
+mod shared;
 mod size_class;
 mod slab;
 mod stats;
@@ -48,6 +49,7 @@ pub use allocator_api2_04;
 pub use arena::{Builder, SmallMidArena};
 pub use boxed::ArenaBox;
 pub use collections::String;
+pub use shared::SharedArena;
 pub use stats::{
     global_stats, set_warm_cache_limit, trim_warm_cache, ClassStats, GlobalStats, Stats,
 };

@@ -285,8 +285,9 @@ pub fn global_stats() -> GlobalStats {
 }
 
 /// Returns every warm cached SuperSlab to the OS now; returns how many.
-/// The calling thread's recycled spare arena is released first, so its
-/// memory goes too (other threads' spares go when those threads exit).
+/// The calling thread's recycled spare arena and the shared spares are
+/// released first, so their memory goes too (other threads' own spares go
+/// when those threads exit).
 ///
 /// The cache also shrinks by itself two decay epochs (about 2 s) after
 /// demand falls, at the next arena drop.
@@ -298,7 +299,7 @@ pub fn global_stats() -> GlobalStats {
 /// assert_eq!(smallmid::global_stats().warm_superslabs, 0);
 /// ```
 pub fn trim_warm_cache() -> usize {
-    crate::arena::release_spare();
+    crate::arena::release_spares();
     warm::trim()
 }
 

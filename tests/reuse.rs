@@ -112,3 +112,40 @@ fn emptied_slabs_serve_other_classes() {
         "peak {peak} SuperSlabs: slabs are not reused across classes"
     );
 }
+
+/// Arenas made on one thread and dropped on another (requests hopping
+/// threads) are recycled through the shared spares: no mapping after
+/// warm-up.
+#[test]
+fn arenas_hopping_threads_map_nothing_after_warmup() {
+    let _g = SERIAL.lock().unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<SmallMidArena>(64);
+    let consumer = std::thread::spawn(move || {
+        let l = Layout::from_size_align(700, 8).unwrap();
+        for arena in rx {
+            let b = arena.allocate(l).unwrap();
+            // SAFETY: allocated just above with `l`.
+            unsafe { arena.deallocate(b.cast(), l) };
+        }
+    });
+    let n = if cfg!(miri) { 200 } else { 20_000 };
+    let mut maps = 0;
+    for r in 0..n {
+        let arena = SmallMidArena::new();
+        arena
+            .allocate(Layout::from_size_align(300, 8).unwrap())
+            .unwrap();
+        tx.send(arena).unwrap();
+        if r == n / 2 {
+            maps = global_stats().mmaps;
+        }
+    }
+    drop(tx);
+    consumer.join().unwrap();
+    let grew = global_stats().mmaps - maps;
+    assert!(
+        grew <= 2,
+        "hopping arenas mapped {grew} SuperSlabs after warm-up: {}",
+        global_stats()
+    );
+}

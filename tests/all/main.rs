@@ -6,6 +6,7 @@ mod limits;
 mod model;
 mod recycle;
 mod review;
+mod servers;
 mod shadow;
 mod threads;
 
