@@ -19,7 +19,7 @@ use crate::large;
 use crate::pool::Pool;
 use crate::size_class::NUM_CLASSES;
 use crate::slab::{Use, SLAB_SIZE};
-use crate::superslab::{SuperSlab, META, SLABS, SUPERSLAB_SIZE};
+use crate::superslab::{SuperSlab, META, SUPERSLAB_SIZE};
 use crate::sync::{lock, try_lock, AtomicPtr, AtomicU64, Mutex, Ordering};
 use crate::thread::{self, ThreadRecord};
 use crate::warm;
@@ -386,7 +386,6 @@ impl ArenaState {
         // SAFETY: forwarded contract.
         unsafe { self.detach(own) };
         let own_cache = self.own_cache();
-        let mut ranges: [Option<(*mut u8, *mut u8)>; NUM_CLASSES] = [None; NUM_CLASSES];
         // Classes that keep a slab: those the calling thread's cache used.
         let mut wanted: u64 = 0;
         if let Some(c) = own_cache {
@@ -407,46 +406,47 @@ impl ArenaState {
         for ss in pool.all_superslabs() {
             let ss = ss.as_ptr() as *const SuperSlab;
             // SAFETY: pool lock held.
-            let free = unsafe { SuperSlab::links(ss, |l| l.free_mask) };
-            for idx in 0..SLABS {
-                if free & (1 << idx) != 0 {
-                    continue;
-                }
+            let mut busy = !unsafe { SuperSlab::links(ss, |l| l.free_mask) };
+            while busy != 0 {
+                let idx = busy.trailing_zeros() as usize;
+                busy &= busy - 1;
                 // SAFETY: exclusive ownership stands in for the class locks
                 // (nobody else can reach a slab); the pool lock is held.
-                unsafe {
+                let give = unsafe {
                     (*ss).slabs[idx].with(|s| match s.use_ {
                         Use::Class(c) => {
                             let c = c as usize;
-                            if s.in_partial {
-                                listed |= 1 << c; // its class list needs clearing
-                            }
+                            listed |= (s.in_partial as u64) << c;
+                            s.in_partial = false;
                             let start = s.end.wrapping_sub(s.capacity as usize * s.size as usize);
                             crate::asan::poison(start, s.end as usize - start as usize);
-                            s.in_partial = false;
-                            if wanted & (1 << c) != 0 && ranges[c].is_none() {
+                            if wanted & (1 << c) != 0 {
                                 // As right after a fresh refill: all of it
                                 // in the cache.
+                                wanted &= !(1 << c);
                                 s.used = s.capacity;
                                 s.free = null_mut();
                                 s.free_count = 0;
                                 s.bump = s.end;
-                                ranges[c] = Some((start, s.end));
+                                Some((c, start, s.end))
                             } else {
                                 s.use_ = Use::Free;
                                 release.push((ss, idx, false));
+                                None
                             }
                         }
                         Use::SpanHead(k) => {
-                            crate::asan::poison(
-                                SuperSlab::slab_start(ss, idx),
-                                k as usize * SLAB_SIZE,
-                            );
+                            crate::asan::poison(SuperSlab::slab_start(ss, idx), k as usize * SLAB_SIZE);
                             release.push((ss, idx, true));
+                            None
                         }
-                        Use::Free | Use::SpanTail => {}
+                        Use::Free | Use::SpanTail => None,
                     })
                 };
+                if let (Some((c, start, end)), Some(cache)) = (give, own_cache) {
+                    // SAFETY: our own cache.
+                    unsafe { cache.with(|i| i.set_range(c, start, end)) };
+                }
             }
         }
         for (ss, idx, span) in release {
@@ -463,18 +463,6 @@ impl ArenaState {
         while listed != 0 {
             lock(&self.classes[listed.trailing_zeros() as usize]).clear();
             listed &= listed - 1;
-        }
-        if let Some(c) = own_cache {
-            // SAFETY: our own cache.
-            unsafe {
-                c.with(|i| {
-                    for (class, r) in ranges.iter().enumerate() {
-                        if let Some((bump, end)) = *r {
-                            i.set_range(class, bump, end);
-                        }
-                    }
-                })
-            };
         }
         for a in [&self.large_allocs, &self.large_frees, &self.large_bytes] {
             a.store(0, Ordering::Relaxed);

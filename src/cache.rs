@@ -179,10 +179,15 @@ impl Inner {
     }
 
     /// Forgets every block (they were freed wholesale) and returns the
-    /// touched mask.
+    /// touched mask. Untouched classes are empty already.
     pub(crate) fn clear(&mut self) -> u64 {
-        self.lists = [EMPTY; NUM_CLASSES];
-        core::mem::take(&mut self.touched)
+        let touched = core::mem::take(&mut self.touched);
+        let mut t = touched;
+        while t != 0 {
+            self.lists[t.trailing_zeros() as usize] = EMPTY;
+            t &= t - 1;
+        }
+        touched
     }
 }
 
