@@ -192,7 +192,8 @@ impl fmt::Display for Stats {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct GlobalStats {
-    /// Mappings made since the process started (SuperSlabs and huge blocks).
+    /// Mappings made since the process started (regions of SuperSlabs and
+    /// huge blocks).
     pub mmaps: u64,
     /// Mappings returned since the process started.
     pub munmaps: u64,
@@ -204,6 +205,14 @@ pub struct GlobalStats {
     pub warm_limit_bytes: usize,
     /// SuperSlabs held by live arenas.
     pub superslabs_in_use: usize,
+    /// Regions of address space reserved for SuperSlabs (one mapping each).
+    pub regions: usize,
+    /// Bytes reserved by those regions. Every SuperSlab in them is in use,
+    /// warm, or decommitted (or, for an instant, being decommitted).
+    pub reserved_bytes: usize,
+    /// Free SuperSlabs in the regions without pages (never touched, or
+    /// decommitted): they cost address space, not memory.
+    pub decommitted_superslabs: usize,
     /// Live arenas.
     pub arenas_alive: usize,
     /// Threads with a front-cache index: threads that used an arena and
@@ -215,6 +224,7 @@ pub struct GlobalStats {
 pub fn global_stats() -> GlobalStats {
     let (mmaps, munmaps) = os::counters();
     let (cached, in_use, limit) = warm::counts();
+    let (regions, cold) = warm::region_counts();
     GlobalStats {
         mmaps,
         munmaps,
@@ -222,12 +232,17 @@ pub fn global_stats() -> GlobalStats {
         warm_bytes: cached * SUPERSLAB_SIZE,
         warm_limit_bytes: limit * SUPERSLAB_SIZE,
         superslabs_in_use: in_use,
+        regions,
+        reserved_bytes: regions * warm::REGION_SIZE,
+        decommitted_superslabs: cold,
         arenas_alive: registry::live_arenas(),
         threads: registry::threads(),
     }
 }
 
-/// Returns every warm cached SuperSlab to the OS now; returns how many.
+/// Returns the pages of every warm cached SuperSlab to the OS now
+/// (decommits them; they stay reserved for reuse without a new mapping);
+/// returns how many.
 ///
 /// The cache also shrinks by itself two decay epochs (about 2 s) after
 /// demand falls, at the next arena drop.
@@ -246,13 +261,16 @@ impl fmt::Display for GlobalStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({:.1} MiB, cap {:.0} MiB), {} mmaps, {} munmaps",
+            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({:.1} MiB, cap {:.0} MiB), {} decommitted, {} regions ({:.0} MiB), {} mmaps, {} munmaps",
             self.arenas_alive,
             self.threads,
             self.superslabs_in_use,
             self.warm_superslabs,
             self.warm_bytes as f64 / (1 << 20) as f64,
             self.warm_limit_bytes as f64 / (1 << 20) as f64,
+            self.decommitted_superslabs,
+            self.regions,
+            self.reserved_bytes as f64 / (1 << 20) as f64,
             self.mmaps,
             self.munmaps
         )
