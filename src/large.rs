@@ -7,14 +7,16 @@
 //!   found by masking like any small block.
 //! - **Huge**: anything larger gets its own mapping, with a [`HugeHeader`]
 //!   just below the block. The arena keeps huge blocks on a list, so
-//!   dropping the arena unmaps them too.
+//!   dropping the arena unmaps them too. A mapping of [`HUGE_PAGE`] or more
+//!   is aligned to it and asks for transparent huge pages: a 256 MiB block
+//!   then faults 128 times, not 65,536.
 //!
 //! Which kind serves a layout depends only on the layout (see [`kind`]),
 //! and every size between a request and the returned length gives the same
 //! kind, so `deallocate` with any fitting layout finds the block.
 
 use crate::arena::ArenaState;
-use crate::os::{self, PAGE};
+use crate::os::{self, HUGE_PAGE, PAGE};
 use crate::pool::Pool;
 use crate::slab::SLAB_SIZE;
 use crate::superslab::{SuperSlab, SLABS};
@@ -50,10 +52,12 @@ pub(crate) fn kind(size: usize, align: usize) -> Kind {
 #[derive(Debug)]
 pub(crate) struct HugeHeader {
     pub(crate) arena: *const ArenaState,
-    /// The mapping: `[base, base + len)` aligned to `align`.
+    /// The mapping: `[base, base + len)`, aligned to `map_align`; the block
+    /// starts at `base + align`.
     base: NonNull<u8>,
     pub(crate) len: usize,
     align: usize,
+    map_align: usize,
     prev: *mut HugeHeader,
     next: *mut HugeHeader,
 }
@@ -115,7 +119,15 @@ impl ArenaState {
         if !pool.fits(len) {
             return Err(AllocError);
         }
-        let base = os::map(len, lead).ok_or(AllocError)?;
+        let map_align = if os::HUGE_PAGES && len >= HUGE_PAGE {
+            lead.max(HUGE_PAGE)
+        } else {
+            lead
+        };
+        let base = os::map(len, map_align).ok_or(AllocError)?;
+        if map_align >= HUGE_PAGE {
+            os::advise_huge(base, len);
+        }
         // SAFETY: `lead < len`, so the block and its header are inside the
         // mapping; the header slot is below the block and 8-aligned.
         let (block, header) = unsafe {
@@ -131,6 +143,7 @@ impl ArenaState {
                 base,
                 len,
                 align: lead,
+                map_align,
                 prev: null_mut(),
                 next: old,
             });
@@ -168,7 +181,7 @@ impl ArenaState {
                     core::ptr::eq(owner, self),
                     "smallmid: huge block {ptr:p} freed into an arena that does not own it"
                 );
-                let (base, len, align) = {
+                let (base, len, align, map_align) = {
                     let mut pool = lock(&self.pool);
                     // SAFETY: pool lock held; list members are live.
                     unsafe {
@@ -182,11 +195,11 @@ impl ArenaState {
                             (*next).prev = prev;
                         }
                         pool.huge_bytes -= (*h).len;
-                        ((*h).base, (*h).len, (*h).align)
+                        ((*h).base, (*h).len, (*h).align, (*h).map_align)
                     }
                 };
                 // SAFETY: the mapping was made with exactly these values.
-                unsafe { os::unmap(base, len, align) };
+                unsafe { os::unmap(base, len, map_align) };
                 self.count_large_free(len - align);
             }
         }
@@ -207,7 +220,7 @@ pub(crate) unsafe fn unmap_all_huge(pool: &mut Pool) {
     pool.huge_bytes = 0;
     while !h.is_null() {
         // SAFETY: list members are live until unmapped here.
-        let (base, len, align, next) = unsafe { ((*h).base, (*h).len, (*h).align, (*h).next) };
+        let (base, len, align, next) = unsafe { ((*h).base, (*h).len, (*h).map_align, (*h).next) };
         // SAFETY: the mapping was made with these values and is unused.
         unsafe { os::unmap(base, len, align) };
         h = next;

@@ -8,8 +8,9 @@
 //!
 //! Besides mapping, the OS layer offers what the memory hierarchy needs:
 //! [`reserve`] (address space for a region, committed on first touch),
-//! [`decommit`] (give pages back but keep the range mapped). It is a no-op
-//! where the platform lacks it; callers check [`CAN_DECOMMIT`] and fall back.
+//! [`decommit`] (give pages back but keep the range mapped) and
+//! [`advise_huge`] (transparent huge pages). Each is a no-op where the
+//! platform lacks it; callers check [`CAN_DECOMMIT`] and fall back.
 
 use crate::sync::{global, AtomicU64, Ordering};
 use core::ptr::NonNull;
@@ -20,6 +21,13 @@ pub(crate) const PAGE: usize = 4096;
 /// The transparent huge page size mappings are aligned to (x86-64, arm64
 /// with 4 KiB pages).
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
+
+/// Whether [`advise_huge`] can have an effect: worth aligning for.
+pub(crate) const HUGE_PAGES: bool = cfg!(all(
+    any(target_os = "linux", target_os = "android"),
+    not(miri),
+    not(loom)
+));
 
 /// Whether [`decommit`] gives pages back. Where it cannot (the `std::alloc`
 /// backend), memory is returned by unmapping whole regions instead.
@@ -70,10 +78,12 @@ pub(crate) fn map(len: usize, align: usize) -> Option<NonNull<u8>> {
 }
 
 /// Reserves `len` bytes of address space aligned to `align`, read-write but
-/// committed only page by page on first touch (no swap reservation). For
-/// regions of SuperSlabs.
+/// committed only page by page on first touch (no swap reservation), with
+/// transparent huge pages asked for. For regions of SuperSlabs.
 pub(crate) fn reserve(len: usize, align: usize) -> Option<NonNull<u8>> {
-    map_with(len, align, true)
+    let p = map_with(len, align, true)?;
+    advise_huge(p, len);
+    Some(p)
 }
 
 fn map_with(len: usize, align: usize, noreserve: bool) -> Option<NonNull<u8>> {
@@ -109,6 +119,13 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize, align: usize) {
 pub(crate) unsafe fn decommit(ptr: NonNull<u8>, len: usize) {
     // SAFETY: forwarded contract.
     unsafe { imp::decommit(ptr, len) }
+}
+
+/// Asks for transparent huge pages on `[ptr, ptr + len)`, a range of our
+/// mappings. Advice only: an error (no THP support, THP disabled) is
+/// ignored and small pages serve.
+pub(crate) fn advise_huge(ptr: NonNull<u8>, len: usize) {
+    imp::advise_huge(ptr, len);
 }
 
 #[cfg(all(unix, not(miri), not(loom)))]
@@ -184,6 +201,15 @@ mod imp {
         // SAFETY: per contract the range is ours and holds nothing needed.
         let _ = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
     }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) fn advise_huge(ptr: NonNull<u8>, len: usize) {
+        // SAFETY: advice on our own mapping; it changes no contents.
+        let _ = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(super) fn advise_huge(_: NonNull<u8>, _: usize) {}
 }
 
 #[cfg(not(all(unix, not(miri), not(loom))))]
@@ -209,4 +235,6 @@ mod imp {
     /// # Safety
     /// See [`super::decommit`].
     pub(super) unsafe fn decommit(_: NonNull<u8>, _: usize) {}
+
+    pub(super) fn advise_huge(_: NonNull<u8>, _: usize) {}
 }

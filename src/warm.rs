@@ -3,7 +3,7 @@
 //! # Regions
 //! SuperSlabs are not mapped one by one: address space is reserved in
 //! regions of [`REGION_SUPERSLABS`] SuperSlabs (64 MiB, huge-page aligned,
-//! `MAP_NORESERVE`), and SuperSlabs are
+//! `MAP_NORESERVE`, transparent huge pages asked for), and SuperSlabs are
 //! carved from them. A process with thousands of SuperSlabs in use has tens
 //! of mappings, not thousands. Each SuperSlab of a region is
 //! - **in use**: held by an arena;

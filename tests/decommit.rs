@@ -108,3 +108,39 @@ fn superslabs_past_the_bound_are_decommitted_not_unmapped() {
     drop(again);
     SmallMidArena::builder().warm_cache_limit(1 << 30).build();
 }
+
+/// Minor page faults taken by the calling thread so far.
+fn thread_faults() -> i64 {
+    // SAFETY: getrusage writes only the struct we pass.
+    unsafe {
+        let mut u: libc::rusage = core::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+        u.ru_minflt
+    }
+}
+
+#[test]
+fn regions_and_huge_blocks_get_huge_pages() {
+    let _g = SERIAL.lock().unwrap();
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+    if !thp.is_ok_and(|m| m.contains("[madvise]") || m.contains("[always]")) {
+        eprintln!("transparent huge pages unavailable: nothing to check");
+        return;
+    }
+    trim_warm_cache(); // so the load below touches fresh pages
+    let f0 = thread_faults();
+    let arenas = load(1, 64);
+    let small = thread_faults() - f0;
+    drop(arenas);
+    let a = SmallMidArena::new();
+    let l = Layout::from_size_align(64 << 20, 8).unwrap();
+    let f0 = thread_faults();
+    let p = a.allocate(l).unwrap().cast::<u8>();
+    // SAFETY: a fresh block of `l.size()` bytes.
+    unsafe { p.as_ptr().write_bytes(3, l.size()) };
+    let huge = thread_faults() - f0;
+    // 64 MiB is 16,384 small pages and 32 huge ones; allow for huge pages
+    // the kernel could not find.
+    assert!(small < 4096, "{small} faults filling 64 MiB of SuperSlabs");
+    assert!(huge < 4096, "{huge} faults filling a 64 MiB huge block");
+}
