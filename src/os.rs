@@ -195,9 +195,10 @@ mod imp {
     /// # Safety
     /// See [`super::decommit`].
     pub(super) unsafe fn decommit(ptr: NonNull<u8>, len: usize) {
-        // MADV_DONTNEED, not MADV_FREE: the pages leave RSS at once (MADV_FREE
-        // keeps them counted until memory pressure), and a refault costs the
-        // same (measured; see the README).
+        // MADV_DONTNEED, not MADV_FREE: the pages leave RSS at once. MADV_FREE
+        // leaves them counted until memory pressure (256 MiB stayed
+        // resident), which defeats trim and the bound; its cheaper reuse is
+        // what the warm cache is for.
         // SAFETY: per contract the range is ours and holds nothing needed.
         let _ = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) };
     }

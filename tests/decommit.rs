@@ -132,6 +132,11 @@ fn regions_and_huge_blocks_get_huge_pages() {
     let arenas = load(1, 64);
     let small = thread_faults() - f0;
     drop(arenas);
+    // Decommitted whole, huge pages come back as huge pages.
+    trim_warm_cache();
+    let f0 = thread_faults();
+    drop(load(1, 64));
+    let again = thread_faults() - f0;
     let a = SmallMidArena::new();
     let l = Layout::from_size_align(64 << 20, 8).unwrap();
     let f0 = thread_faults();
@@ -142,5 +147,6 @@ fn regions_and_huge_blocks_get_huge_pages() {
     // 64 MiB is 16,384 small pages and 32 huge ones; allow for huge pages
     // the kernel could not find.
     assert!(small < 4096, "{small} faults filling 64 MiB of SuperSlabs");
+    assert!(again < 4096, "{again} faults refilling them after a trim");
     assert!(huge < 4096, "{huge} faults filling a 64 MiB huge block");
 }
