@@ -3,6 +3,7 @@
 use crate::arena::{ArenaState, SmallMidArena};
 use crate::asan;
 use crate::large::{self, huge_header, Kind};
+use crate::os::PAGE;
 use crate::size_class::{class_for, CLASS_SIZE};
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::Layout;
@@ -100,7 +101,10 @@ impl ArenaState {
                 (Kind::Huge, Kind::Huge) => {
                     // SAFETY: per contract `ptr` is a live huge block.
                     let len = unsafe { (*huge_header(ptr.as_ptr())).usable() };
-                    (new.size() <= len).then_some(len)
+                    // A shrink that would free a whole page resizes the
+                    // mapping instead (see `relocate`).
+                    let freed = len.saturating_sub(new.size().next_multiple_of(PAGE));
+                    (new.size() <= len && (freed == 0 || !large::CAN_RESIZE)).then_some(len)
                 }
                 _ => None,
             },
@@ -125,6 +129,21 @@ impl ArenaState {
             self.checked.freed(ptr, old);
             self.checked.allocated(block, new);
             return Ok(block);
+        }
+        if old.align() == new.align()
+            && class_for(old.size(), old.align()).is_none()
+            && class_for(new.size(), new.align()).is_none()
+            && large::kind(old.size(), old.align()) == Kind::Huge
+            && large::kind(new.size(), new.align()) == Kind::Huge
+        {
+            // SAFETY: per contract a live huge block of ours, allocated
+            // with `old`, whose alignment `new` shares.
+            if let Some(block) = unsafe { self.resize_huge(ptr, new)? } {
+                self.checked.freed(ptr, old);
+                self.checked.allocated(block, new);
+                asan::unpoison(block.cast::<u8>().as_ptr(), block.len());
+                return Ok(block);
+            }
         }
         let fresh = self.allocate(new)?;
         // SAFETY: both blocks are live, distinct, and at least `keep` long.

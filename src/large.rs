@@ -25,6 +25,13 @@ use allocator_api2::alloc::AllocError;
 use core::alloc::Layout;
 use core::ptr::{null_mut, NonNull};
 
+/// Whether huge blocks can be resized without a copy (`mremap`).
+pub(crate) const CAN_RESIZE: bool = cfg!(all(
+    any(target_os = "linux", target_os = "android"),
+    not(miri),
+    not(loom)
+));
+
 /// How a large layout is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -203,6 +210,96 @@ impl ArenaState {
                 self.count_large_free(len - align);
             }
         }
+    }
+
+    /// Resizes a live huge block of this arena to `new` (same alignment as
+    /// it was allocated with) by resizing its mapping: in place if the
+    /// address space allows, else by moving it (`mremap`, no copy). Counts
+    /// against the memory limit exactly like a fresh block.
+    ///
+    /// `Ok(None)`: not possible here (no `mremap`, or a move would break an
+    /// alignment over a page); the block is untouched and the caller
+    /// copies. `Err`: past the memory limit; the block is untouched.
+    ///
+    /// # Safety
+    /// `ptr` is a live huge block of this arena whose alignment is
+    /// `new.align()`; if the result is a block, it replaces `ptr`.
+    pub(crate) unsafe fn resize_huge(
+        &self,
+        ptr: NonNull<u8>,
+        new: Layout,
+    ) -> Result<Option<NonNull<[u8]>>, AllocError> {
+        // SAFETY: per contract `ptr` is a live huge block.
+        let h = unsafe { huge_header(ptr.as_ptr()) };
+        // SAFETY: as above, the header is live.
+        let owner = unsafe { (*h).arena };
+        assert!(
+            core::ptr::eq(owner, self),
+            "smallmid: huge block {ptr:p} resized through an arena that does not own it"
+        );
+        let usable = new
+            .size()
+            .checked_next_multiple_of(PAGE)
+            .ok_or(AllocError)?;
+        let mut pool = lock(&self.pool);
+        // SAFETY: pool lock held: the header is ours to read and rewrite.
+        let (base, len, lead, prev, next) =
+            unsafe { ((*h).base, (*h).len, (*h).align, (*h).prev, (*h).next) };
+        let new_len = usable.checked_add(lead).ok_or(AllocError)?;
+        if new_len > isize::MAX as usize {
+            return Err(AllocError);
+        }
+        if new_len > len && !pool.fits(new_len - len) {
+            return Err(AllocError);
+        }
+        // In place keeps any alignment; a move keeps only page alignment.
+        // SAFETY: `[base, base + len)` is the block's whole mapping, and on
+        // success the old addresses are no longer used: the block and the
+        // header are re-derived from the result below.
+        let moved = unsafe {
+            match os::remap(base, len, new_len, false) {
+                Some(p) => Some(p),
+                None if lead == PAGE => os::remap(base, len, new_len, true),
+                None => None,
+            }
+        };
+        let Some(new_base) = moved else {
+            return Ok(None);
+        };
+        if len < HUGE_PAGE && new_len >= HUGE_PAGE {
+            os::advise_huge(new_base, new_len);
+        }
+        // SAFETY: `lead < new_len`: block and header are in the mapping,
+        // which moved with its contents (the header included).
+        let (block, nh) = unsafe {
+            let block = new_base.as_ptr().add(lead);
+            (block, huge_header(block))
+        };
+        // SAFETY: pool lock held; `nh` is the live header, and `prev` and
+        // `next` are live members of the pool's list.
+        unsafe {
+            (*nh).base = new_base;
+            (*nh).len = new_len;
+            if new_base != base {
+                (*nh).map_align = PAGE; // all a moved mapping is known to keep
+            }
+            if prev.is_null() {
+                pool.huge = nh;
+            } else {
+                (*prev).next = nh;
+            }
+            if !next.is_null() {
+                (*next).prev = nh;
+            }
+        }
+        pool.huge_bytes = pool.huge_bytes - len + new_len;
+        drop(pool);
+        let old_usable = (len - lead) as u64;
+        self.large_bytes.fetch_add(usable as u64, Ordering::Relaxed);
+        self.large_bytes.fetch_sub(old_usable, Ordering::Relaxed);
+        // SAFETY: inside a successful mapping.
+        let block = unsafe { NonNull::new_unchecked(block) };
+        Ok(Some(NonNull::slice_from_raw_parts(block, usable)))
     }
 
     fn count_large_free(&self, bytes: usize) {

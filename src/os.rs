@@ -8,9 +8,10 @@
 //!
 //! Besides mapping, the OS layer offers what the memory hierarchy needs:
 //! [`reserve`] (address space for a region, committed on first touch),
-//! [`decommit`] (give pages back but keep the range mapped) and
-//! [`advise_huge`] (transparent huge pages). Each is a no-op where the
-//! platform lacks it; callers check [`CAN_DECOMMIT`] and fall back.
+//! [`decommit`] (give pages back but keep the range mapped),
+//! [`advise_huge`] (transparent huge pages) and [`remap`] (resize a mapping
+//! without copying). Each is a no-op or `None` where the platform lacks it;
+//! callers check [`CAN_DECOMMIT`] or the result and fall back.
 
 use crate::sync::{global, AtomicU64, Ordering};
 use core::ptr::NonNull;
@@ -52,7 +53,7 @@ pub(crate) fn counters() -> (u64, u64) {
 }
 
 /// Makes the next `n` requests for memory from the OS fail, as if it were
-/// out of memory: mappings ([`map`], [`reserve`]) and commits of
+/// out of memory: mappings ([`map`], [`reserve`], growing [`remap`]) and commits of
 /// decommitted SuperSlabs (see [`refused`]).
 #[doc(hidden)]
 pub fn fail_next_maps(n: u64) {
@@ -101,7 +102,7 @@ fn map_with(len: usize, align: usize, noreserve: bool) -> Option<NonNull<u8>> {
 ///
 /// # Safety
 /// `ptr`, `len`, `align` are exactly those of one earlier [`map`] or
-/// [`reserve`] call whose memory is not
+/// [`reserve`] call (or of its last successful [`remap`]) whose memory is not
 /// used afterwards and not unmapped before.
 pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize, align: usize) {
     UNMAPS.fetch_add(1, Ordering::Relaxed);
@@ -126,6 +127,29 @@ pub(crate) unsafe fn decommit(ptr: NonNull<u8>, len: usize) {
 /// ignored and small pages serve.
 pub(crate) fn advise_huge(ptr: NonNull<u8>, len: usize) {
     imp::advise_huge(ptr, len);
+}
+
+/// Resizes a mapping made by [`map`] from `old_len` to `new_len` bytes,
+/// keeping its contents; it may move only if `may_move`. `None` when the OS
+/// refuses or cannot (every platform but Linux): the old mapping is intact.
+///
+/// # Safety
+/// `ptr`, `old_len` describe one whole live mapping of ours; if it moves
+/// (the result differs from `ptr`), nothing uses the old addresses again.
+pub(crate) unsafe fn remap(
+    ptr: NonNull<u8>,
+    old_len: usize,
+    new_len: usize,
+    may_move: bool,
+) -> Option<NonNull<u8>> {
+    debug_assert!(new_len > 0 && new_len % PAGE == 0);
+    if new_len > old_len && refused() {
+        return None;
+    }
+    // SAFETY: forwarded contract.
+    let p = unsafe { imp::remap(ptr, old_len, new_len, may_move)? };
+    let _ = p.as_ptr().expose_provenance();
+    Some(p)
 }
 
 #[cfg(all(unix, not(miri), not(loom)))]
@@ -211,6 +235,32 @@ mod imp {
 
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     pub(super) fn advise_huge(_: NonNull<u8>, _: usize) {}
+
+    /// # Safety
+    /// See [`super::remap`].
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub(super) unsafe fn remap(
+        ptr: NonNull<u8>,
+        old_len: usize,
+        new_len: usize,
+        may_move: bool,
+    ) -> Option<NonNull<u8>> {
+        let flags = if may_move { libc::MREMAP_MAYMOVE } else { 0 };
+        // SAFETY: per contract `ptr`/`old_len` is one whole mapping of ours.
+        let p = unsafe { libc::mremap(ptr.as_ptr().cast(), old_len, new_len, flags) };
+        if p == libc::MAP_FAILED {
+            None
+        } else {
+            NonNull::new(p.cast())
+        }
+    }
+
+    /// # Safety
+    /// See [`super::remap`].
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    pub(super) unsafe fn remap(_: NonNull<u8>, _: usize, _: usize, _: bool) -> Option<NonNull<u8>> {
+        None
+    }
 }
 
 #[cfg(not(all(unix, not(miri), not(loom))))]
@@ -238,4 +288,10 @@ mod imp {
     pub(super) unsafe fn decommit(_: NonNull<u8>, _: usize) {}
 
     pub(super) fn advise_huge(_: NonNull<u8>, _: usize) {}
+
+    /// # Safety
+    /// See [`super::remap`].
+    pub(super) unsafe fn remap(_: NonNull<u8>, _: usize, _: usize, _: bool) -> Option<NonNull<u8>> {
+        None
+    }
 }
