@@ -3,7 +3,6 @@
 use crate::arena::{ArenaState, SmallMidArena};
 use crate::asan;
 use crate::large::{self, huge_header, Kind};
-use crate::os::PAGE;
 use crate::size_class::{class_for, CLASS_SIZE};
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::Layout;
@@ -101,10 +100,10 @@ impl ArenaState {
                 (Kind::Huge, Kind::Huge) => {
                     // SAFETY: per contract `ptr` is a live huge block.
                     let len = unsafe { (*huge_header(ptr.as_ptr())).usable() };
-                    // A shrink that would free a whole page resizes the
-                    // mapping instead (see `relocate`).
-                    let freed = len.saturating_sub(new.size().next_multiple_of(PAGE));
-                    (new.size() <= len && (freed == 0 || !large::CAN_RESIZE)).then_some(len)
+                    // A shrink resizes the mapping instead, where it can
+                    // (see `relocate`), to give memory back.
+                    let shrink = new.size() < old.size() && large::CAN_RESIZE;
+                    (new.size() <= len && !shrink).then_some(len)
                 }
                 _ => None,
             },

@@ -245,12 +245,27 @@ impl ArenaState {
         // SAFETY: pool lock held: the header is ours to read and rewrite.
         let (base, len, lead, prev, next) =
             unsafe { ((*h).base, (*h).len, (*h).align, (*h).prev, (*h).next) };
-        let new_len = usable.checked_add(lead).ok_or(AllocError)?;
+        let mut new_len = usable.checked_add(lead).ok_or(AllocError)?;
         if new_len > isize::MAX as usize {
             return Err(AllocError);
         }
         if new_len > len && !pool.fits(new_len - len) {
             return Err(AllocError);
+        }
+        // Past a huge page, a mapping is resized to a whole number of them.
+        // Only whole huge pages inside the mapping get one (a vector grown
+        // 4 KiB at a time would otherwise fault every 4 KiB page), and the
+        // next small grows fit in place with no system call. Not past the
+        // limit, and a shrink never grows.
+        if os::HUGE_PAGES && new_len >= HUGE_PAGE {
+            let round = new_len
+                .checked_next_multiple_of(HUGE_PAGE)
+                .filter(|&r| r <= isize::MAX as usize && (r <= len || pool.fits(r - len)));
+            new_len = round.map_or(new_len, |r| if new_len <= len { r.min(len) } else { r });
+        }
+        if new_len == len {
+            // SAFETY: the block is live and unchanged.
+            return Ok(Some(NonNull::slice_from_raw_parts(ptr, len - lead)));
         }
         // In place keeps any alignment; a move keeps only page alignment.
         // SAFETY: `[base, base + len)` is the block's whole mapping, and on
@@ -294,9 +309,10 @@ impl ArenaState {
         }
         pool.huge_bytes = pool.huge_bytes - len + new_len;
         drop(pool);
-        let old_usable = (len - lead) as u64;
+        let (old_usable, usable) = (len - lead, new_len - lead);
         self.large_bytes.fetch_add(usable as u64, Ordering::Relaxed);
-        self.large_bytes.fetch_sub(old_usable, Ordering::Relaxed);
+        self.large_bytes
+            .fetch_sub(old_usable as u64, Ordering::Relaxed);
         // SAFETY: inside a successful mapping.
         let block = unsafe { NonNull::new_unchecked(block) };
         Ok(Some(NonNull::slice_from_raw_parts(block, usable)))

@@ -13,6 +13,17 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const MIB: usize = 1 << 20;
 const PAGE: usize = 4096;
 
+/// Bytes mapped for a huge block of `usable` bytes resized to it: one page
+/// for the header, and on Linux whole 2 MiB huge pages past the first.
+fn mapped(usable: usize) -> usize {
+    let len = usable + PAGE;
+    if cfg!(all(target_os = "linux", not(miri))) && len >= 2 * MIB {
+        len.next_multiple_of(2 * MIB)
+    } else {
+        len
+    }
+}
+
 fn lay(size: usize, align: usize) -> Layout {
     Layout::from_size_align(size, align).unwrap()
 }
@@ -51,8 +62,8 @@ fn grow_and_shrink_keep_contents_and_account() {
         l = n;
     }
     let s = a.stats();
-    assert_eq!(s.bytes_in_use, 64 * MIB as u64, "{s}");
-    assert_eq!(s.huge_bytes, (64 * MIB + PAGE) as u64, "{s}");
+    assert_eq!(s.bytes_in_use, (mapped(64 * MIB) - PAGE) as u64, "{s}");
+    assert_eq!(s.huge_bytes, mapped(64 * MIB) as u64, "{s}");
     if cfg!(all(target_os = "linux", not(miri))) {
         assert_eq!(global_stats().mmaps, maps, "grew by mapping anew");
     }
@@ -63,8 +74,8 @@ fn grow_and_shrink_keep_contents_and_account() {
     check(p, n.size(), 1);
     let s = a.stats();
     if cfg!(all(target_os = "linux", not(miri))) {
-        assert_eq!(b.len(), 3 * MIB + PAGE, "shrink gave no memory back");
-        assert_eq!(s.huge_bytes, (3 * MIB + 2 * PAGE) as u64, "{s}");
+        assert_eq!(b.len(), 4 * MIB - PAGE, "shrink gave no memory back");
+        assert_eq!(s.huge_bytes, 4 * MIB as u64, "{s}");
     }
     // SAFETY: `p` is live with layout `n`.
     unsafe { a.deallocate(p, n) };
@@ -151,4 +162,34 @@ fn refused_growth_leaves_the_block_intact() {
     assert_eq!(s.huge_bytes, (4 * MIB + PAGE) as u64, "{s}");
     // SAFETY: `p` is live with layout `l`.
     unsafe { a.deallocate(p, l) };
+}
+
+#[test]
+#[cfg(all(target_os = "linux", not(miri)))]
+fn growth_by_small_steps_gets_huge_pages() {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+    if !thp.is_ok_and(|m| m.contains("[madvise]") || m.contains("[always]")) {
+        eprintln!("transparent huge pages unavailable: nothing to check");
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let faults = || {
+        // SAFETY: getrusage writes only the struct we pass.
+        unsafe {
+            let mut u: libc::rusage = core::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+            u.ru_minflt
+        }
+    };
+    let a = SmallMidArena::new();
+    let mut v = allocator_api2::vec::Vec::<u8, _>::new_in(&a);
+    v.resize(2 * MIB, 1);
+    let f0 = faults();
+    while v.len() < 32 * MIB {
+        v.reserve_exact(PAGE);
+        v.extend_from_slice(&[2; PAGE]);
+    }
+    let f = faults() - f0;
+    // 30 MiB is 7,680 small pages and 15 huge ones.
+    assert!(f < 1000, "{f} faults growing 2 MiB -> 32 MiB by 4 KiB");
 }
