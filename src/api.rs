@@ -179,7 +179,10 @@ impl ArenaState {
                 (Kind::Huge, Kind::Huge) => {
                     // SAFETY: per contract `ptr` is a live huge block.
                     let len = unsafe { (*huge_header(ptr.as_ptr())).usable() };
-                    (new.size() <= len).then_some(len)
+                    // A shrink resizes the mapping instead, where it can
+                    // (see `relocate`), to give memory back.
+                    let shrink = new.size() < old.size() && large::CAN_RESIZE;
+                    (new.size() <= len && !shrink).then_some(len)
                 }
                 _ => None,
             },
@@ -204,6 +207,21 @@ impl ArenaState {
             self.checked.freed(ptr, old);
             self.checked.allocated(block, new);
             return Ok(block);
+        }
+        if old.align() == new.align()
+            && class_for(old.size(), old.align()).is_none()
+            && class_for(new.size(), new.align()).is_none()
+            && large::kind(old.size(), old.align()) == Kind::Huge
+            && large::kind(new.size(), new.align()) == Kind::Huge
+        {
+            // SAFETY: per contract a live huge block of ours, allocated
+            // with `old`, whose alignment `new` shares.
+            if let Some(block) = unsafe { self.resize_huge(ptr, new)? } {
+                self.checked.freed(ptr, old);
+                self.checked.allocated(block, new);
+                asan::unpoison(block.cast::<u8>().as_ptr(), block.len());
+                return Ok(block);
+            }
         }
         let fresh = self.allocate(new)?;
         // SAFETY: both blocks are live, distinct, and at least `keep` long.

@@ -436,7 +436,10 @@ impl ArenaState {
                             }
                         }
                         Use::SpanHead(k) => {
-                            crate::asan::poison(SuperSlab::slab_start(ss, idx), k as usize * SLAB_SIZE);
+                            crate::asan::poison(
+                                SuperSlab::slab_start(ss, idx),
+                                k as usize * SLAB_SIZE,
+                            );
                             release.push((ss, idx, true));
                             None
                         }

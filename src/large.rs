@@ -7,14 +7,16 @@
 //!   found by masking like any small block.
 //! - **Huge**: anything larger gets its own mapping, with a [`HugeHeader`]
 //!   just below the block. The arena keeps huge blocks on a list, so
-//!   dropping the arena unmaps them too.
+//!   dropping the arena unmaps them too. A mapping of [`HUGE_PAGE`] or more
+//!   is aligned to it and asks for transparent huge pages: a 256 MiB block
+//!   then faults 128 times, not 65,536.
 //!
 //! Which kind serves a layout depends only on the layout (see [`kind`]),
 //! and every size between a request and the returned length gives the same
 //! kind, so `deallocate` with any fitting layout finds the block.
 
 use crate::arena::ArenaState;
-use crate::os::{self, PAGE};
+use crate::os::{self, HUGE_PAGE, PAGE};
 use crate::pool::Pool;
 use crate::slab::SLAB_SIZE;
 use crate::superslab::{SuperSlab, SLABS};
@@ -22,6 +24,13 @@ use crate::sync::{lock, Ordering};
 use allocator_api2::alloc::AllocError;
 use core::alloc::Layout;
 use core::ptr::{null_mut, NonNull};
+
+/// Whether huge blocks can be resized without a copy (`mremap`).
+pub(crate) const CAN_RESIZE: bool = cfg!(all(
+    any(target_os = "linux", target_os = "android"),
+    not(miri),
+    not(loom)
+));
 
 /// How a large layout is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,10 +59,12 @@ pub(crate) fn kind(size: usize, align: usize) -> Kind {
 #[derive(Debug)]
 pub(crate) struct HugeHeader {
     pub(crate) arena: *const ArenaState,
-    /// The mapping: `[base, base + len)` aligned to `align`.
+    /// The mapping: `[base, base + len)`, aligned to `map_align`; the block
+    /// starts at `base + align`.
     base: NonNull<u8>,
     pub(crate) len: usize,
     align: usize,
+    map_align: usize,
     prev: *mut HugeHeader,
     next: *mut HugeHeader,
 }
@@ -114,7 +125,15 @@ impl ArenaState {
         if !pool.fits(len) {
             return Err(AllocError);
         }
-        let base = os::map(len, lead).ok_or(AllocError)?;
+        let map_align = if os::HUGE_PAGES && len >= HUGE_PAGE {
+            lead.max(HUGE_PAGE)
+        } else {
+            lead
+        };
+        let base = os::map(len, map_align).ok_or(AllocError)?;
+        if map_align >= HUGE_PAGE {
+            os::advise_huge(base, len);
+        }
         // SAFETY: `lead < len`, so the block and its header are inside the
         // mapping; the header slot is below the block and 8-aligned.
         let (block, header) = unsafe {
@@ -130,6 +149,7 @@ impl ArenaState {
                 base,
                 len,
                 align: lead,
+                map_align,
                 prev: null_mut(),
                 next: old,
             });
@@ -167,7 +187,7 @@ impl ArenaState {
                     core::ptr::eq(owner, self),
                     "smallmid: huge block {ptr:p} freed into an arena that does not own it"
                 );
-                let (base, len, align) = {
+                let (base, len, align, map_align) = {
                     let mut pool = lock(&self.pool);
                     // SAFETY: pool lock held; list members are live.
                     unsafe {
@@ -181,14 +201,120 @@ impl ArenaState {
                             (*next).prev = prev;
                         }
                         pool.huge_bytes -= (*h).len;
-                        ((*h).base, (*h).len, (*h).align)
+                        ((*h).base, (*h).len, (*h).align, (*h).map_align)
                     }
                 };
                 // SAFETY: the mapping was made with exactly these values.
-                unsafe { os::unmap(base, len, align) };
+                unsafe { os::unmap(base, len, map_align) };
                 self.count_large_free(len - align);
             }
         }
+    }
+
+    /// Resizes a live huge block of this arena to `new` (same alignment as
+    /// it was allocated with) by resizing its mapping: in place if the
+    /// address space allows, else by moving it (`mremap`, no copy). Counts
+    /// against the memory limit exactly like a fresh block.
+    ///
+    /// `Ok(None)`: not possible here (no `mremap`, or a move would break an
+    /// alignment over a page); the block is untouched and the caller
+    /// copies. `Err`: past the memory limit; the block is untouched.
+    ///
+    /// # Safety
+    /// `ptr` is a live huge block of this arena whose alignment is
+    /// `new.align()`; if the result is a block, it replaces `ptr`.
+    pub(crate) unsafe fn resize_huge(
+        &self,
+        ptr: NonNull<u8>,
+        new: Layout,
+    ) -> Result<Option<NonNull<[u8]>>, AllocError> {
+        // SAFETY: per contract `ptr` is a live huge block.
+        let h = unsafe { huge_header(ptr.as_ptr()) };
+        // SAFETY: as above, the header is live.
+        let owner = unsafe { (*h).arena };
+        assert!(
+            core::ptr::eq(owner, self),
+            "smallmid: huge block {ptr:p} resized through an arena that does not own it"
+        );
+        let usable = new
+            .size()
+            .checked_next_multiple_of(PAGE)
+            .ok_or(AllocError)?;
+        let mut pool = lock(&self.pool);
+        // SAFETY: pool lock held: the header is ours to read and rewrite.
+        let (base, len, lead, prev, next) =
+            unsafe { ((*h).base, (*h).len, (*h).align, (*h).prev, (*h).next) };
+        let mut new_len = usable.checked_add(lead).ok_or(AllocError)?;
+        if new_len > isize::MAX as usize {
+            return Err(AllocError);
+        }
+        if new_len > len && !pool.fits(new_len - len) {
+            return Err(AllocError);
+        }
+        // Past a huge page, a mapping is resized to a whole number of them.
+        // Only whole huge pages inside the mapping get one (a vector grown
+        // 4 KiB at a time would otherwise fault every 4 KiB page), and the
+        // next small grows fit in place with no system call. Not past the
+        // limit, and a shrink never grows.
+        if os::HUGE_PAGES && new_len >= HUGE_PAGE {
+            let round = new_len
+                .checked_next_multiple_of(HUGE_PAGE)
+                .filter(|&r| r <= isize::MAX as usize && (r <= len || pool.fits(r - len)));
+            new_len = round.map_or(new_len, |r| if new_len <= len { r.min(len) } else { r });
+        }
+        if new_len == len {
+            // SAFETY: the block is live and unchanged.
+            return Ok(Some(NonNull::slice_from_raw_parts(ptr, len - lead)));
+        }
+        // In place keeps any alignment; a move keeps only page alignment.
+        // SAFETY: `[base, base + len)` is the block's whole mapping, and on
+        // success the old addresses are no longer used: the block and the
+        // header are re-derived from the result below.
+        let moved = unsafe {
+            match os::remap(base, len, new_len, false) {
+                Some(p) => Some(p),
+                None if lead == PAGE => os::remap(base, len, new_len, true),
+                None => None,
+            }
+        };
+        let Some(new_base) = moved else {
+            return Ok(None);
+        };
+        if len < HUGE_PAGE && new_len >= HUGE_PAGE {
+            os::advise_huge(new_base, new_len);
+        }
+        // SAFETY: `lead < new_len`: block and header are in the mapping,
+        // which moved with its contents (the header included).
+        let (block, nh) = unsafe {
+            let block = new_base.as_ptr().add(lead);
+            (block, huge_header(block))
+        };
+        // SAFETY: pool lock held; `nh` is the live header, and `prev` and
+        // `next` are live members of the pool's list.
+        unsafe {
+            (*nh).base = new_base;
+            (*nh).len = new_len;
+            if new_base != base {
+                (*nh).map_align = PAGE; // all a moved mapping is known to keep
+            }
+            if prev.is_null() {
+                pool.huge = nh;
+            } else {
+                (*prev).next = nh;
+            }
+            if !next.is_null() {
+                (*next).prev = nh;
+            }
+        }
+        pool.huge_bytes = pool.huge_bytes - len + new_len;
+        drop(pool);
+        let (old_usable, usable) = (len - lead, new_len - lead);
+        self.large_bytes.fetch_add(usable as u64, Ordering::Relaxed);
+        self.large_bytes
+            .fetch_sub(old_usable as u64, Ordering::Relaxed);
+        // SAFETY: inside a successful mapping.
+        let block = unsafe { NonNull::new_unchecked(block) };
+        Ok(Some(NonNull::slice_from_raw_parts(block, usable)))
     }
 
     fn count_large_free(&self, bytes: usize) {
@@ -206,7 +332,7 @@ pub(crate) unsafe fn unmap_all_huge(pool: &mut Pool) {
     pool.huge_bytes = 0;
     while !h.is_null() {
         // SAFETY: list members are live until unmapped here.
-        let (base, len, align, next) = unsafe { ((*h).base, (*h).len, (*h).align, (*h).next) };
+        let (base, len, align, next) = unsafe { ((*h).base, (*h).len, (*h).map_align, (*h).next) };
         // SAFETY: the mapping was made with these values and is unused.
         unsafe { os::unmap(base, len, align) };
         h = next;

@@ -240,7 +240,8 @@ impl fmt::Display for Stats {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub struct GlobalStats {
-    /// Mappings made since the process started (SuperSlabs and huge blocks).
+    /// Mappings made since the process started (regions of SuperSlabs and
+    /// huge blocks).
     pub mmaps: u64,
     /// Mappings returned since the process started.
     pub munmaps: u64,
@@ -252,6 +253,14 @@ pub struct GlobalStats {
     pub warm_limit_bytes: usize,
     /// SuperSlabs held by live arenas.
     pub superslabs_in_use: usize,
+    /// Regions of address space reserved for SuperSlabs (one mapping each).
+    pub regions: usize,
+    /// Bytes reserved by those regions. Every SuperSlab in them is in use,
+    /// warm, or decommitted (or, for an instant, being decommitted).
+    pub reserved_bytes: usize,
+    /// Free SuperSlabs in the regions without pages (never touched, or
+    /// decommitted): they cost address space, not memory.
+    pub decommitted_superslabs: usize,
     /// Live arenas.
     pub arenas_alive: usize,
     /// Threads with a front-cache index: threads that used an arena and
@@ -272,6 +281,7 @@ pub struct GlobalStats {
 pub fn global_stats() -> GlobalStats {
     let (mmaps, munmaps) = os::counters();
     let (cached, in_use, limit) = warm::counts();
+    let (regions, cold) = warm::region_counts();
     GlobalStats {
         mmaps,
         munmaps,
@@ -279,15 +289,19 @@ pub fn global_stats() -> GlobalStats {
         warm_bytes: cached * SUPERSLAB_SIZE,
         warm_limit_bytes: limit * SUPERSLAB_SIZE,
         superslabs_in_use: in_use,
+        regions,
+        reserved_bytes: regions * warm::REGION_SIZE,
+        decommitted_superslabs: cold,
         arenas_alive: thread::live_arenas(),
         threads: thread::threads(),
     }
 }
 
-/// Returns every warm cached SuperSlab to the OS now; returns how many.
-/// The calling thread's recycled spare arena and the shared spares are
-/// released first, so their memory goes too (other threads' own spares go
-/// when those threads exit).
+/// Returns the pages of every warm cached SuperSlab to the OS now
+/// (decommits them; they stay reserved for reuse without a new mapping);
+/// returns how many. The calling thread's recycled spare arena and the
+/// shared spares are released first, so their memory goes too (other
+/// threads' own spares go when those threads exit).
 ///
 /// The cache also shrinks by itself two decay epochs (about 2 s) after
 /// demand falls, at the next arena drop.
@@ -324,13 +338,16 @@ impl fmt::Display for GlobalStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({}, cap {}), {} mmaps, {} munmaps",
+            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({}, cap {}), {} decommitted, {} regions ({}), {} mmaps, {} munmaps",
             self.arenas_alive,
             self.threads,
             self.superslabs_in_use,
             self.warm_superslabs,
             Bytes(self.warm_bytes as u64),
             Bytes(self.warm_limit_bytes as u64),
+            self.decommitted_superslabs,
+            self.regions,
+            Bytes(self.reserved_bytes as u64),
             self.mmaps,
             self.munmaps
         )

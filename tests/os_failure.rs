@@ -50,9 +50,16 @@ fn refused_mappings_are_alloc_errors() {
     drop(arena);
     let after = global_stats();
     assert_eq!(after.arenas_alive, 0);
+    // Every mapping left is a region (no huge block is live), and every
+    // SuperSlab of the regions is in use, warm or decommitted.
     assert_eq!(
         after.mmaps - after.munmaps,
-        after.warm_superslabs as u64 + after.superslabs_in_use as u64,
+        after.regions as u64,
+        "{before} -> {after}"
+    );
+    assert_eq!(
+        after.reserved_bytes,
+        (after.warm_superslabs + after.superslabs_in_use + after.decommitted_superslabs) << 20,
         "{before} -> {after}"
     );
 }

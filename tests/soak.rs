@@ -88,10 +88,16 @@ fn ten_thousand_short_lived_threads_balance() {
         g.superslabs_in_use, base.superslabs_in_use,
         "spares or arenas not released: {g}"
     );
-    // Everything mapped is in use or warm; trimming returns the warm part.
+    // Everything mapped is a region; its SuperSlabs are in use, warm or
+    // decommitted; trimming decommits the warm part.
     trim_warm_cache();
     let g = global_stats();
     assert_eq!(g.warm_superslabs, 0);
-    assert_eq!(g.mmaps - g.munmaps, g.superslabs_in_use as u64, "{g}");
+    assert_eq!(g.mmaps - g.munmaps, g.regions as u64, "{g}");
+    assert_eq!(
+        g.reserved_bytes,
+        (g.superslabs_in_use + g.decommitted_superslabs) << 20,
+        "{g}"
+    );
     println!("{g}");
 }

@@ -1,0 +1,153 @@
+//! Decommit: free SuperSlabs past the warm cache's bound give their pages
+//! back but stay reserved, so RSS falls and the next peak maps nothing.
+//! Its own binary: it reads process-wide counters and RSS.
+#![cfg(all(target_os = "linux", not(miri)))]
+
+use allocator_api2::alloc::Allocator;
+use core::alloc::Layout;
+use smallmid::{global_stats, trim_warm_cache, SmallMidArena};
+use std::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Resident set size of this process, from /proc/self/statm.
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
+/// `arenas` arenas, each holding `mib` MiB of 16 KiB blocks, every page
+/// written.
+fn load(arenas: usize, mib: usize) -> Vec<SmallMidArena> {
+    let l = Layout::from_size_align(16 << 10, 8).unwrap();
+    (0..arenas)
+        .map(|i| {
+            let a = SmallMidArena::new();
+            for _ in 0..(mib << 20) / l.size() {
+                let p = a.allocate(l).unwrap().cast::<u8>();
+                // SAFETY: a fresh block of `l.size()` bytes.
+                unsafe { p.as_ptr().write_bytes(i as u8 | 1, l.size()) };
+            }
+            a
+        })
+        .collect()
+}
+
+#[test]
+fn trim_after_a_1gib_peak_returns_memory_and_reuse_maps_nothing() {
+    let _g = SERIAL.lock().unwrap();
+    drop(load(16, 64)); // 1 GiB peak, all dropped
+    let peak = rss_bytes();
+    assert!(
+        peak > 900 << 20,
+        "the load did not touch its memory: {peak}"
+    );
+    let n = trim_warm_cache();
+    let g = global_stats();
+    let rss = rss_bytes();
+    assert!(n > 900, "only {n} SuperSlabs decommitted: {g}");
+    assert!(rss < 64 << 20, "RSS {} MiB after trim: {g}", rss >> 20);
+    assert_eq!(g.warm_superslabs, 0, "{g}");
+    assert!(g.decommitted_superslabs >= n, "{g}");
+    // Tens of mappings for a thousand SuperSlabs.
+    assert!(g.regions <= 20 && g.mmaps <= 40, "{g}");
+
+    let again = load(16, 64);
+    let g2 = global_stats();
+    assert_eq!(
+        g2.mmaps, g.mmaps,
+        "the second peak mapped memory: {g} -> {g2}"
+    );
+    assert_eq!(g2.munmaps, g.munmaps, "{g} -> {g2}");
+    drop(again);
+    trim_warm_cache();
+    assert!(rss_bytes() < 64 << 20);
+}
+
+#[test]
+fn superslabs_past_the_bound_are_decommitted_not_unmapped() {
+    let _g = SERIAL.lock().unwrap();
+    smallmid::set_warm_cache_limit(32 << 20);
+    let a = SmallMidArena::new();
+    let before = global_stats();
+    let l = Layout::from_size_align(60 << 10, 8).unwrap();
+    for _ in 0..1000 {
+        let p = a.allocate(l).unwrap().cast::<u8>();
+        // SAFETY: a fresh block of `l.size()` bytes.
+        unsafe { p.as_ptr().write_bytes(7, l.size()) };
+    }
+    let held = a.stats().superslabs;
+    let rss_held = rss_bytes();
+    drop(a);
+    let g = global_stats();
+    assert!(
+        g.warm_superslabs <= 32,
+        "bound of 32 SuperSlabs broken: {g}"
+    );
+    assert_eq!(g.munmaps, before.munmaps, "SuperSlabs were unmapped: {g}");
+    assert!(
+        g.decommitted_superslabs as u64 >= held - 32,
+        "{held} SuperSlabs held, only {} decommitted: {g}",
+        g.decommitted_superslabs
+    );
+    let rss = rss_bytes();
+    assert!(
+        rss + ((held as usize - 40) << 20) < rss_held,
+        "RSS {} MiB -> {} MiB: pages not returned",
+        rss_held >> 20,
+        rss >> 20
+    );
+    // Fully cold regions within twice the cap stay reserved: reuse maps
+    // nothing.
+    let again = SmallMidArena::new();
+    for _ in 0..1000 {
+        again.allocate(l).unwrap();
+    }
+    assert_eq!(global_stats().mmaps, g.mmaps, "{g}");
+    drop(again);
+    smallmid::set_warm_cache_limit(1 << 30);
+}
+
+/// Minor page faults taken by the calling thread so far.
+fn thread_faults() -> i64 {
+    // SAFETY: getrusage writes only the struct we pass.
+    unsafe {
+        let mut u: libc::rusage = core::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+        u.ru_minflt
+    }
+}
+
+#[test]
+fn regions_and_huge_blocks_get_huge_pages() {
+    let _g = SERIAL.lock().unwrap();
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+    if !thp.is_ok_and(|m| m.contains("[madvise]") || m.contains("[always]")) {
+        eprintln!("transparent huge pages unavailable: nothing to check");
+        return;
+    }
+    trim_warm_cache(); // so the load below touches fresh pages
+    let f0 = thread_faults();
+    let arenas = load(1, 64);
+    let small = thread_faults() - f0;
+    drop(arenas);
+    // Decommitted whole, huge pages come back as huge pages.
+    trim_warm_cache();
+    let f0 = thread_faults();
+    drop(load(1, 64));
+    let again = thread_faults() - f0;
+    let a = SmallMidArena::new();
+    let l = Layout::from_size_align(64 << 20, 8).unwrap();
+    let f0 = thread_faults();
+    let p = a.allocate(l).unwrap().cast::<u8>();
+    // SAFETY: a fresh block of `l.size()` bytes.
+    unsafe { p.as_ptr().write_bytes(3, l.size()) };
+    let huge = thread_faults() - f0;
+    // 64 MiB is 16,384 small pages and 32 huge ones; allow for huge pages
+    // the kernel could not find.
+    assert!(small < 4096, "{small} faults filling 64 MiB of SuperSlabs");
+    assert!(again < 4096, "{again} faults refilling them after a trim");
+    assert!(huge < 4096, "{huge} faults filling a 64 MiB huge block");
+}
