@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Load test of examples/server: wrk against 127.0.0.1 only, one allocator
-# at a time, bounded in time. Prints one markdown table.
+# and route at a time, bounded in time. Prints one markdown table.
 #
-#   scripts/load.sh                  # 10 s per allocator, then 30 s of smallmid
+#   scripts/load.sh                  # 10 s per route and allocator, then 30 s of smallmid /count
 #   DURATION=5 LONG=0 scripts/load.sh
 #
-# Per allocator: a 3 s warm-up, then DURATION seconds of wrk (2 threads,
-# 64 connections, POST /count with a ~4 KiB text body); the server's RSS is
-# sampled every second. Then smallmid runs LONG more seconds (aim: over a
+# Per route (/count: arena after the body is read; /stream: arena across
+# every await; /spawn: a spawned task owns a SharedArena) and allocator
+# that serves it: a 3 s warm-up, then DURATION seconds of wrk (2 threads,
+# 64 connections, a ~4 KiB text body); the server's RSS is sampled every
+# second. Then smallmid runs LONG more seconds on /count (aim: over a
 # million requests) to show memory stays flat: RSS growth after warm-up and
 # the mmaps counted by /stats.
 set -euo pipefail
@@ -34,17 +36,18 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 field() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" <<<"$1"; }
 
 run() {
-  local alloc=$1 secs=$2
+  local alloc=$1 secs=$2 route=$3
   ./target/release/examples/server --port "$PORT" --alloc "$alloc" >/dev/null &
   local pid=$!
   for _ in $(seq 50); do curl -s "127.0.0.1:$PORT/stats" >/dev/null && break; sleep 0.1; done
   (while kill -0 "$pid" 2>/dev/null; do rss "$pid" >>"$work/$alloc.rss" 2>/dev/null || true; sleep 1; done) &
   local sampler=$!
-  wrk -t2 -c64 -d3s -s "$work/post.lua" "http://127.0.0.1:$PORT/count" >/dev/null
+  : >"$work/$alloc.rss"
+  wrk -t2 -c64 -d3s -s "$work/post.lua" "http://127.0.0.1:$PORT$route" >/dev/null
   local rss_warm stats_warm
   rss_warm=$(rss "$pid")
   stats_warm=$(curl -s "127.0.0.1:$PORT/stats")
-  wrk -t2 -c64 -d"${secs}s" --latency -s "$work/post.lua" "http://127.0.0.1:$PORT/count" >"$work/$alloc.wrk"
+  wrk -t2 -c64 -d"${secs}s" --latency -s "$work/post.lua" "http://127.0.0.1:$PORT$route" >"$work/$alloc.wrk"
   local rss_end stats_end peak
   rss_end=$(rss "$pid")
   stats_end=$(curl -s "127.0.0.1:$PORT/stats")
@@ -60,18 +63,23 @@ run() {
   if [ "$alloc" = smallmid ]; then
     mmaps="$(( $(field "$stats_end" mmaps) - $(field "$stats_warm" mmaps) ))"
   fi
-  printf '| %s | %s s | %s | %s | %s | %s | %.1f | %.1f | %.1f | %+.1f%% | %s |\n' \
-    "$alloc" "$secs" "$total" "$rps" "$p50" "$p99" \
+  printf '| %s | %s | %s s | %s | %s | %s | %s | %.1f | %.1f | %.1f | %+.1f%% | %s |\n' \
+    "$route" "$alloc" "$secs" "$total" "$rps" "$p50" "$p99" \
     "$(bc -l <<<"$peak/1024")" "$(bc -l <<<"$rss_warm/1024")" "$(bc -l <<<"$rss_end/1024")" \
     "$(bc -l <<<"($rss_end-$rss_warm)*100/$rss_warm")" "$mmaps"
 }
 
 command -v bc >/dev/null || (apt-get install -y bc || (apt-get update && apt-get install -y bc)) >/dev/null
-echo "| allocator | run | requests | req/s | p50 | p99 | peak RSS MiB | RSS after warm-up MiB | RSS at end MiB | growth | mmaps after warm-up |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| route | allocator | run | requests | req/s | p50 | p99 | peak RSS MiB | RSS after warm-up MiB | RSS at end MiB | growth | mmaps after warm-up |"
+echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for alloc in smallmid system mimalloc-heap bumpalo; do
-  run "$alloc" "$DURATION"
+  run "$alloc" "$DURATION" /count
+done
+for route in /stream /spawn; do
+  for alloc in smallmid system; do # the others answer 501 (thread-bound or !Sync)
+    run "$alloc" "$DURATION" "$route"
+  done
 done
 if [ "$LONG" -gt 0 ]; then
-  run smallmid "$LONG"
+  run smallmid "$LONG" /count
 fi

@@ -78,11 +78,15 @@ fn per_request_arenas_answer_and_go() {
                 "{alloc:?}"
             );
         }
-        let (status, body) = request(addr, "POST", "/stream", &text);
-        if alloc == app::Alloc::SmallMid {
-            assert_eq!((status, body), (200, expected.clone()));
-        } else {
-            assert_eq!(status, 501, "{alloc:?}: {body}");
+        for route in ["/stream", "/spawn"] {
+            for _ in 0..5 {
+                let (status, body) = request(addr, "POST", route, &text);
+                if matches!(alloc, app::Alloc::SmallMid | app::Alloc::System) {
+                    assert_eq!((status, body), (200, expected.clone()), "{alloc:?} {route}");
+                } else {
+                    assert_eq!(status, 501, "{alloc:?} {route}: {body}");
+                }
+            }
         }
         assert_eq!(request(addr, "GET", "/nowhere", "").0, 404);
 

@@ -10,7 +10,14 @@
 //!   collected into an arena buffer, on whichever runtime thread polls the
 //!   future. Only smallmid can do this: a mimalloc heap is bound to its
 //!   thread and a bumpalo `Bump` is not `Sync`.
+//! - `POST /spawn`: the work runs in a `tokio::spawn`ed task that owns a
+//!   `SharedArena` handle (`'static`) and the body buffer in it; the
+//!   handler awaits the task's answer.
 //! - `GET /stats`: `smallmid::global_stats()` as JSON.
+//!
+//! `/stream` and `/spawn` run with `--alloc smallmid` or `system`; a
+//! mimalloc heap is bound to its thread and a `Bump` is not `Sync`, so they
+//! answer 501 there.
 
 use crate::mimalloc::MiHeap;
 use allocator_api2::alloc::{Allocator, Global};
@@ -22,7 +29,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use smallmid::SmallMidArena;
+use smallmid::{SharedArena, SmallMidArena};
 use std::fmt::Write as _;
 
 /// The allocator a request's work runs in.
@@ -134,28 +141,63 @@ pub async fn handle(
         }
         (&Method::POST, "/stream") if alloc == Alloc::SmallMid => {
             let arena = SmallMidArena::new(); // lives across the awaits below
-            let mut buf = AVec::new_in(&arena);
-            let mut body = req.into_body();
-            while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame?.into_data() {
-                    buf.extend_from_slice(&data);
-                }
-            }
-            let text = String::from_utf8_lossy(&buf);
-            let json = count_words(&text, &arena);
-            drop(text);
-            drop(buf);
-            answer(StatusCode::OK, json)
+            answer(StatusCode::OK, stream(req.into_body(), &arena).await?)
         }
-        (&Method::POST, "/stream") => answer(
+        (&Method::POST, "/stream") if alloc == Alloc::System => {
+            answer(StatusCode::OK, stream(req.into_body(), Global).await?)
+        }
+        (&Method::POST, "/spawn") if alloc == Alloc::SmallMid => {
+            let arena = SharedArena::new();
+            let mut buf = AVec::new_in(arena.clone());
+            collect_into(req.into_body(), &mut buf).await?;
+            // The task owns a handle and the buffer: 'static, any thread.
+            let task = tokio::spawn(async move {
+                tokio::task::yield_now().await; // may resume on another worker
+                let text = String::from_utf8_lossy(&buf);
+                count_words(&text, &*arena)
+            });
+            answer(StatusCode::OK, task.await.unwrap_or_default())
+        }
+        (&Method::POST, "/spawn") if alloc == Alloc::System => {
+            let mut buf = AVec::new_in(Global);
+            collect_into(req.into_body(), &mut buf).await?;
+            let task = tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                let text = String::from_utf8_lossy(&buf);
+                count_words(&text, Global)
+            });
+            answer(StatusCode::OK, task.await.unwrap_or_default())
+        }
+        (&Method::POST, "/stream" | "/spawn") => answer(
             StatusCode::NOT_IMPLEMENTED,
-            "/stream keeps an allocator across awaits on any thread: only --alloc smallmid can\n",
+            "this route keeps an allocator across awaits on any thread: --alloc smallmid or system\n",
         ),
         _ => answer(
             StatusCode::NOT_FOUND,
-            "routes: POST /count, POST /stream, GET /stats\n",
+            "routes: POST /count, POST /stream, POST /spawn, GET /stats\n",
         ),
     })
+}
+
+/// Appends every chunk of `body` to `buf`, across awaits.
+async fn collect_into<A: Allocator>(
+    mut body: Incoming,
+    buf: &mut AVec<u8, A>,
+) -> Result<(), hyper::Error> {
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(())
+}
+
+/// `/stream`: the buffer lives in `a` across every await.
+async fn stream<A: Allocator + Copy>(body: Incoming, a: A) -> Result<Vec<u8>, hyper::Error> {
+    let mut buf = AVec::new_in(a);
+    collect_into(body, &mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(count_words(&text, a))
 }
 
 /// Serves connections from `listener` until `stop` resolves.
