@@ -33,13 +33,17 @@ const MAX_SPARE_SUPERSLABS: usize = 4;
 
 /// Which caches an arena has, and what retired ones counted (members lock).
 ///
-/// Invariant: `caches` equals the number of non-null slots; `first_taken`
-/// iff a slot holds `first_cache`; `retired[c]` is zero unless bit `c` of
-/// `touched` is set.
+/// Invariants: `caches` equals the number of non-null slots, `inline` has
+/// bit `t` set iff slot `t < 64` is, `chunked` counts the rest; every cache
+/// the arena made is attached or in `idle` (retired: empty, counters
+/// zeroed); `retired[c]` is zero unless bit `c` of `touched` is set.
 #[derive(Debug)]
 pub(crate) struct Members {
-    pub(crate) first_taken: bool,
     pub(crate) caches: usize,
+    pub(crate) inline: u64,
+    pub(crate) chunked: usize,
+    /// Retired caches, for the next thread that needs one.
+    pub(crate) idle: SmallVec<[*mut ThreadCache; 2]>,
     /// On the heap: the arena state must fit the home SuperSlab's header area.
     retired: Box<[Counts; NUM_CLASSES]>,
     touched: u64,
@@ -48,10 +52,28 @@ pub(crate) struct Members {
 impl Members {
     fn new() -> Self {
         Members {
-            first_taken: false,
             caches: 0,
+            inline: 0,
+            chunked: 0,
+            idle: SmallVec::new(),
             retired: Box::new([Counts::default(); NUM_CLASSES]),
             touched: 0,
+        }
+    }
+
+    /// Notes the slot of `tid` gaining (`true`) or losing a cache.
+    pub(crate) fn attached(&mut self, tid: usize, on: bool) {
+        if on {
+            self.caches += 1;
+        } else {
+            self.caches -= 1;
+        }
+        if tid < INLINE_SLOTS {
+            self.inline ^= 1 << tid;
+        } else if on {
+            self.chunked += 1;
+        } else {
+            self.chunked -= 1;
         }
     }
 
@@ -85,6 +107,9 @@ impl Members {
         }
     }
 }
+
+// SAFETY: the raw cache pointers are only used under the members lock.
+unsafe impl Send for Members {}
 
 /// Everything an arena owns, at a fixed address inside its home SuperSlab.
 ///
@@ -329,35 +354,33 @@ impl ArenaState {
     /// # Safety
     /// The arena is owned exclusively: no thread allocates or frees in it.
     unsafe fn detach(&self, keep: u32) {
-        let mut owners: SmallVec<[(usize, *const ThreadRecord); 8]> = SmallVec::new();
+        type Owner = (usize, *const ThreadCache, *const ThreadRecord);
+        let mut owners: SmallVec<[Owner; 8]> = SmallVec::new();
         {
             let m = lock(&self.members);
-            let own = self.owner_of_slot(&m, keep as usize).is_some();
+            let own = self.attached_at(&m, keep as usize).is_some();
             if m.caches == own as usize {
                 return; // nobody else's
             }
-            self.for_each_cache(&m, |tid, _| {
+            self.for_each_cache(&m, |tid, c| {
                 if tid != keep as usize {
-                    let rec = self.owner_of_slot(&m, tid).unwrap_or(core::ptr::null());
+                    let (_, rec) = self.attached_at(&m, tid).expect("attached");
                     // SAFETY: an attached cache holds a reference to its
                     // owner, so the record is alive while we pin it.
                     unsafe { (*rec).pin() };
-                    owners.push((tid, rec));
+                    owners.push((tid, c, rec));
                 }
             });
         }
-        if owners.is_empty() {
-            return;
-        }
-        for &(_, rec) in &owners {
-            // SAFETY: pinned above.
-            unsafe { (*rec).forget(self) };
+        for &(_, c, rec) in &owners {
+            // SAFETY: pinned above; caches live as long as the arena.
+            unsafe { (*rec).forget(&*c) };
         }
         let mut m = lock(&self.members);
-        for &(tid, rec) in &owners {
+        for &(tid, c, rec) in &owners {
             // Still attached (its thread did not retire it meanwhile) and
             // unlisted: retire it for its thread.
-            if self.owner_of_slot(&m, tid) == Some(rec) {
+            if self.attached_at(&m, tid) == Some((c, rec)) {
                 let slot = self.slot(tid, false).expect("slot of an attached cache");
                 // SAFETY: exclusive arena; the owner's exit no longer
                 // visits it (unlisted above). Its blocks are freed wholesale
@@ -369,7 +392,7 @@ impl ArenaState {
             }
         }
         drop(m);
-        for (_, rec) in owners {
+        for (_, _, rec) in owners {
             // SAFETY: our pin.
             unsafe { ThreadRecord::unref(rec) };
         }
@@ -492,7 +515,7 @@ impl ArenaState {
         unsafe {
             let a = &*state;
             a.detach(u32::MAX); // every cache, the calling thread's too
-            a.free_chunks();
+            a.free_caches(&mut lock(&a.members));
             let superslabs = {
                 let mut pool = lock(&a.pool);
                 large::unmap_all_huge(&mut pool);
@@ -596,7 +619,7 @@ impl Builder {
                 chunks: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
                 classes: core::array::from_fn(|_| Mutex::new(ClassList::new())),
                 members: Mutex::new(Members::new()),
-                first_cache: ThreadCache::new(),
+                first_cache: ThreadCache::new(state),
                 checked: Checked::new(),
                 limit: AtomicU64::new(self.memory_limit as u64),
                 large_allocs: AtomicU64::new(0),
@@ -604,6 +627,8 @@ impl Builder {
                 large_bytes: AtomicU64::new(0),
                 pool: Mutex::new(Pool::new(state, home)),
             });
+            let first = &(*state).first_cache as *const ThreadCache as *mut ThreadCache;
+            lock(&(*state).members).idle.push(first);
             thread::count_live(1);
             Ok(SmallMidArena {
                 state: NonNull::new_unchecked(state),

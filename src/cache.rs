@@ -134,17 +134,34 @@ impl Counts {
     }
 }
 
+/// Links of a cache in its owner thread's record (see [`crate::thread`]).
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) prev: *const ThreadCache,
+    pub(crate) next: *const ThreadCache,
+    pub(crate) linked: bool,
+}
+
 /// The front cache of one thread in one arena.
+///
+/// Lives as long as its arena: attached to a thread's slot, or idle in the
+/// arena's members for the next thread; freed when the arena is destroyed.
+/// So a thread record may link it and a detach may reach it while the
+/// arena lives, whatever its thread does meanwhile.
 #[derive(Debug)]
 pub(crate) struct ThreadCache {
     inner: UnsafeCell<Inner>,
     pub(crate) counters: [ClassCounters; NUM_CLASSES],
     /// The owning thread's record; set when attached (members lock).
     owner: AtomicPtr<ThreadRecord>,
+    /// The arena the cache belongs to (fixed).
+    pub(crate) arena: *const ArenaState,
+    /// Links in the owner's record list (that record's lock).
+    link: UnsafeCell<Link>,
 }
 
 impl ThreadCache {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(arena: *const ArenaState) -> Self {
         ThreadCache {
             inner: UnsafeCell::new(Inner {
                 lists: [EMPTY; NUM_CLASSES],
@@ -152,7 +169,23 @@ impl ThreadCache {
             }),
             counters: core::array::from_fn(|_| ClassCounters::default()),
             owner: AtomicPtr::new(null_mut()),
+            arena,
+            link: UnsafeCell::new(Link {
+                prev: core::ptr::null(),
+                next: core::ptr::null(),
+                linked: false,
+            }),
         }
+    }
+
+    /// Runs `f` on the record links.
+    ///
+    /// # Safety
+    /// The caller holds the lock of the record this cache is (or is about
+    /// to be) linked in.
+    pub(crate) unsafe fn link<R>(&self, f: impl FnOnce(&mut Link) -> R) -> R {
+        // SAFETY: the record lock gives exclusive access (contract).
+        self.link.with_mut(|l| f(unsafe { &mut *l }))
     }
 
     /// # Safety
@@ -243,32 +276,39 @@ impl ArenaState {
     #[cold]
     fn cache_or_create(&self) -> Option<&ThreadCache> {
         let rec = thread::current()?;
-        let slot = self.slot(rec.tid as usize, true)?;
+        let tid = rec.tid as usize;
+        let slot = self.slot(tid, true)?;
         let p = slot.load(Ordering::Relaxed);
         if !p.is_null() {
             // SAFETY: as in `cache`.
             return Some(unsafe { &*p });
         }
-        rec.attach(self); // record first: lock order record, members
-        let mut m = lock(&self.members);
-        let mem = if !m.first_taken {
-            m.first_taken = true;
-            &self.first_cache as *const ThreadCache as *mut ThreadCache
-        } else {
-            Box::into_raw(Box::new(ThreadCache::new()))
+        let mem = {
+            let mut m = lock(&self.members);
+            let mem = m
+                .idle
+                .pop()
+                .unwrap_or_else(|| Box::into_raw(Box::new(ThreadCache::new(self))));
+            // SAFETY: an idle (retired: empty, zeroed) or fresh cache.
+            unsafe { &*mem }
+                .owner
+                .store(rec as *const ThreadRecord as *mut _, Ordering::Relaxed);
+            m.attached(tid, true);
+            slot.store(mem, Ordering::Release);
+            mem
         };
-        // SAFETY: a fresh or retired (empty, zeroed) cache, not in a slot.
+        // SAFETY: caches live as long as the arena.
         let c = unsafe { &*mem };
-        c.owner
-            .store(rec as *const ThreadRecord as *mut _, Ordering::Relaxed);
-        m.caches += 1;
-        slot.store(mem, Ordering::Release);
+        // Listed after the members lock is released (lock order: record,
+        // then members). Until then only this thread can reach the cache.
+        rec.attach(c);
         Some(c)
     }
 
     /// Retires the cache in `slot`: with `flush`, its blocks and ranges go
     /// back to their slabs (else the caller resets every slab); its counters
-    /// are folded into the arena's; its memory is freed. Returns its owner.
+    /// are folded into the arena's; it goes idle for the next thread.
+    /// Returns its owner, whose reference the cache held.
     ///
     /// # Safety
     /// `m` is this arena's members lock; the cache's owner is the calling
@@ -295,15 +335,9 @@ impl ArenaState {
         let touched = unsafe { c.with(Inner::clear) };
         m.fold(&c.counters, touched);
         slot.store(null_mut(), Ordering::Release);
-        m.caches -= 1;
-        let owner = c.owner.swap(null_mut(), Ordering::Relaxed);
-        if core::ptr::eq(p, &self.first_cache) {
-            m.first_taken = false;
-        } else {
-            // SAFETY: came from `Box::into_raw` in `cache_or_create`.
-            drop(unsafe { Box::from_raw(p) });
-        }
-        Some(owner)
+        m.attached(tid as usize, false);
+        m.idle.push(p);
+        Some(c.owner.swap(null_mut(), Ordering::Relaxed))
     }
 
     /// Retires the calling (exiting) thread's cache; whether there was one.
@@ -319,16 +353,23 @@ impl ArenaState {
     }
 
     /// Calls `f(tid, cache)` for every attached cache (members lock held).
-    pub(crate) fn for_each_cache(&self, _m: &Members, mut f: impl FnMut(usize, &ThreadCache)) {
+    pub(crate) fn for_each_cache(&self, m: &Members, mut f: impl FnMut(usize, &ThreadCache)) {
         let mut visit = |tid: usize, slot: &AtomicPtr<ThreadCache>| {
             let p = slot.load(Ordering::Acquire);
             if !p.is_null() {
-                // SAFETY: attached caches live until retired, which takes
-                // the members lock the caller holds.
+                // SAFETY: caches live as long as the arena.
                 f(tid, unsafe { &*p });
             }
         };
-        self.slots.iter().enumerate().for_each(|(t, s)| visit(t, s));
+        let mut inline = m.inline;
+        while inline != 0 {
+            let t = inline.trailing_zeros() as usize;
+            inline &= inline - 1;
+            visit(t, &self.slots[t]);
+        }
+        if m.chunked == 0 {
+            return;
+        }
         for (k, chunk) in self.chunks.iter().enumerate() {
             let chunk = chunk.load(Ordering::Acquire);
             if !chunk.is_null() {
@@ -341,15 +382,32 @@ impl ArenaState {
         }
     }
 
-    /// The owner record of the cache in thread `tid`'s slot (members lock).
-    pub(crate) fn owner_of_slot(&self, _m: &Members, tid: usize) -> Option<*const ThreadRecord> {
+    /// The cache in thread `tid`'s slot and its owner (members lock).
+    pub(crate) fn attached_at(
+        &self,
+        _m: &Members,
+        tid: usize,
+    ) -> Option<(*const ThreadCache, *const ThreadRecord)> {
         let p = self.slot(tid, false)?.load(Ordering::Relaxed);
-        // SAFETY: attached caches live until retired (members lock held).
-        (!p.is_null()).then(|| unsafe { (*p).owner.load(Ordering::Relaxed) as *const _ })
+        // SAFETY: caches live as long as the arena.
+        (!p.is_null()).then(|| (p as *const _, unsafe { (*p).owner.load(Ordering::Relaxed) } as *const _))
     }
 
-    /// Frees the slot chunks (the arena is being destroyed, no cache left).
-    pub(crate) fn free_chunks(&self) {
+    /// Frees the caches and slot chunks (the arena is being destroyed, every
+    /// cache retired).
+    pub(crate) fn free_caches(&self, m: &mut Members) {
+        debug_assert_eq!(m.caches, 0);
+        for p in m.idle.drain(..) {
+            if !core::ptr::eq(p, &self.first_cache) {
+                // SAFETY: came from `Box::into_raw` in `cache_or_create`;
+                // retired, so no slot or record holds it.
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
+        self.free_chunks();
+    }
+
+    fn free_chunks(&self) {
         for cell in &self.chunks {
             let p = cell.swap(null_mut(), Ordering::Relaxed);
             if !p.is_null() {

@@ -2,21 +2,23 @@
 //! has a front cache in, what a thread exit returns, and its spare arena.
 //!
 //! A thread-local holds the thread's index (read on every alloc and free)
-//! and a [`ThreadRecord`]: the arenas this thread has a cache in. A thread
+//! and a [`ThreadRecord`]: the caches this thread has, one per arena. A thread
 //! exit walks only those, so it costs O(arenas this thread used) and takes
 //! no process-wide lock across the walk. An arena being dropped or reset
 //! detaches other threads' caches through the same records.
 //!
 //! The protocol, by lock order (record, then the arena's members lock):
 //!
-//! - **Exit**: under its record lock the thread pops one arena, takes that
+//! - **Exit**: under its record lock the thread pops one cache, takes its
 //!   arena's members lock, releases the record lock (hand over hand), then
-//!   returns and frees its cache there. So the arena stays alive meanwhile:
-//!   its detach must first take the record lock to remove itself.
+//!   retires the cache: its blocks go back, it goes idle in the arena. So
+//!   the arena stays alive meanwhile: its detach must first take the record
+//!   lock to unlist the cache.
 //! - **Detach** (arena drop or reset, the arena exclusively owned): under
 //!   the members lock, pin each cache's owner record (a reference count);
-//!   then, with no arena lock held, take each record's lock and remove the
-//!   arena from it; then, under the members lock again, retire whatever
+//!   then, with no arena lock held, take each record's lock and unlist the
+//!   cache (caches live as long as their arena, so this is safe whatever
+//!   the thread does); then, under the members lock again, retire whatever
 //!   cache is still attached; then unpin. An exit already under way holds
 //!   the members lock until its cache is retired, so detach never sees half
 //!   of it; an exit that comes later does not find the arena in its record.
@@ -27,6 +29,7 @@
 //! the index finds every slot of it empty.
 
 use crate::arena::ArenaState;
+use crate::cache::{Link, ThreadCache};
 use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, Ordering};
 use core::cell::Cell;
 use core::ptr::null_mut;
@@ -38,30 +41,53 @@ const NO_TID: u32 = u32::MAX;
 /// This thread's thread-locals are being destroyed: no cache any more.
 pub(crate) const DEAD: u32 = u32::MAX - 1;
 
-/// The arenas one thread has a front cache in.
+/// The caches one thread has, one per arena it used: an intrusive list
+/// through the caches' links, so unlisting one is O(1).
 ///
-/// Invariant: an arena is listed iff the slot of this thread's index in it
-/// holds a cache whose owner is this record. Lives on the heap; freed when
-/// `refs` (the thread itself, each attached cache, each pin) reaches zero.
+/// Invariant: a cache is listed iff it is attached to this thread's slot
+/// and its arena has not unlisted it (detach) nor this thread's exit popped
+/// it. Lives on the heap; freed when `refs` (the thread itself, each
+/// attached cache, each pin) reaches zero.
 #[derive(Debug)]
 pub(crate) struct ThreadRecord {
     pub(crate) tid: u32,
-    arenas: Mutex<smallvec::SmallVec<[*const ArenaState; 8]>>,
+    head: Mutex<Head>,
     refs: AtomicU64,
 }
 
-// SAFETY: the raw list is only followed under its mutex; the arenas in it
-// are kept alive by the detach protocol (module docs).
+#[derive(Debug)]
+struct Head(*const ThreadCache);
+// SAFETY: only followed under the record's mutex.
+unsafe impl Send for Head {}
+
+// SAFETY: the list is only followed under its mutex; the caches in it are
+// kept alive by their arenas, which unlist them before they go (module docs).
 unsafe impl Send for ThreadRecord {}
 // SAFETY: as above.
 unsafe impl Sync for ThreadRecord {}
 
 impl ThreadRecord {
-    /// Adds `a`, whose slot for this thread is about to get a cache owned
-    /// by this record. Called by the record's thread only.
-    pub(crate) fn attach(&self, a: *const ArenaState) {
+    /// Lists `c`, just attached to this thread's slot in its arena. Called
+    /// by the record's thread only.
+    pub(crate) fn attach(&self, c: &ThreadCache) {
         self.refs.fetch_add(1, Ordering::Relaxed);
-        lock(&self.arenas).push(a);
+        let mut head = lock(&self.head);
+        let old = head.0;
+        // SAFETY: record lock held; listed caches are alive.
+        unsafe {
+            c.link(|l| {
+                debug_assert!(!l.linked);
+                *l = Link {
+                    prev: core::ptr::null(),
+                    next: old,
+                    linked: true,
+                };
+            });
+            if !old.is_null() {
+                (*old).link(|l| l.prev = c);
+            }
+        }
+        head.0 = c;
     }
 
     /// Pins the record so it outlives a detach in progress.
@@ -69,12 +95,12 @@ impl ThreadRecord {
         self.refs.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Removes `a` if listed. Afterwards this thread's exit will not visit it.
-    pub(crate) fn forget(&self, a: *const ArenaState) {
-        let mut list = lock(&self.arenas);
-        if let Some(i) = list.iter().position(|&x| core::ptr::eq(x, a)) {
-            list.swap_remove(i);
-        }
+    /// Unlists `c` if listed. Afterwards this thread's exit will not visit
+    /// it.
+    pub(crate) fn forget(&self, c: &ThreadCache) {
+        let mut head = lock(&self.head);
+        // SAFETY: record lock held; `c` is alive (its arena is).
+        unsafe { unlink(&mut head, c) };
     }
 
     /// Drops one reference; the last frees the record.
@@ -87,6 +113,31 @@ impl ThreadRecord {
         if unsafe { (*rec).refs.fetch_sub(1, Ordering::AcqRel) } == 1 {
             // SAFETY: last reference; it came from `Box::into_raw`.
             drop(unsafe { Box::from_raw(rec as *mut ThreadRecord) });
+        }
+    }
+}
+
+/// Unlinks `c` from the list at `head` if it is on it.
+///
+/// # Safety
+/// `head` is the record's locked list; `c` and its neighbours are alive.
+unsafe fn unlink(head: &mut Head, c: &ThreadCache) {
+    // SAFETY: record lock held (contract).
+    unsafe {
+        let Some((prev, next)) = c.link(|l| {
+            let was = l.linked;
+            l.linked = false;
+            was.then_some((l.prev, l.next))
+        }) else {
+            return;
+        };
+        if prev.is_null() {
+            head.0 = next;
+        } else {
+            (*prev).link(|l| l.next = next);
+        }
+        if !next.is_null() {
+            (*next).link(|l| l.prev = prev);
         }
     }
 }
@@ -112,14 +163,19 @@ impl Drop for Guard {
         // SAFETY: our own reference keeps the record alive.
         let r = unsafe { &*rec };
         loop {
-            let mut list = lock(&r.arenas);
-            let Some(a) = list.pop() else { break };
-            // SAFETY: listed arenas are alive: their detach must take the
-            // record lock we hold to unlist them; we take their members
-            // lock before releasing ours (hand over hand).
+            let mut head = lock(&r.head);
+            let c = head.0;
+            if c.is_null() {
+                break;
+            }
+            // SAFETY: listed caches and their arenas are alive: a detach
+            // must take the record lock we hold to unlist them; we take the
+            // arena's members lock before releasing ours (hand over hand).
             unsafe {
+                unlink(&mut head, &*c);
+                let a = (*c).arena;
                 let mut members = lock(&(*a).members);
-                drop(list);
+                drop(head);
                 if (*a).retire_own(&mut members, r.tid) {
                     ThreadRecord::unref(rec);
                 }
@@ -165,7 +221,7 @@ pub(crate) fn current() -> Option<&'static ThreadRecord> {
     let tid = acquire_tid();
     let rec = Box::into_raw(Box::new(ThreadRecord {
         tid,
-        arenas: Mutex::new(smallvec::SmallVec::new()),
+        head: Mutex::new(Head(core::ptr::null())),
         refs: AtomicU64::new(1),
     }));
     if GUARD.try_with(|g| g.record.set(rec)).is_err() {
