@@ -608,7 +608,7 @@ impl Builder {
             thread::count_live(1);
             return Ok(SmallMidArena { state });
         }
-        let base = warm::acquire().ok_or(AllocError)?.as_ptr();
+        let base = warm::acquire(false).ok_or(AllocError)?.as_ptr(); // an arena's first: sparse
         // SAFETY: the SuperSlab is ours; the state fits in its META area
         // (asserted above) right after the header.
         unsafe {
@@ -652,7 +652,7 @@ struct Spares {
 unsafe impl Send for Spares {}
 
 const SHARDS: usize = 8;
-const PER_SHARD: usize = 4;
+const PER_SHARD: usize = 16;
 
 #[cfg(not(loom))]
 static SPARES: [Mutex<Spares>; SHARDS] = [const {

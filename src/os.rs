@@ -81,10 +81,12 @@ pub(crate) fn map(len: usize, align: usize) -> Option<NonNull<u8>> {
 
 /// Reserves `len` bytes of address space aligned to `align`, read-write but
 /// committed only page by page on first touch (no swap reservation), with
-/// transparent huge pages asked for. For regions of SuperSlabs.
-pub(crate) fn reserve(len: usize, align: usize) -> Option<NonNull<u8>> {
+/// transparent huge pages asked for if `huge`. For regions of SuperSlabs.
+pub(crate) fn reserve(len: usize, align: usize, huge: bool) -> Option<NonNull<u8>> {
     let p = map_with(len, align, true)?;
-    advise_huge(p, len);
+    if huge {
+        advise_huge(p, len);
+    }
     Some(p)
 }
 

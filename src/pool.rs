@@ -21,6 +21,9 @@ use crate::sync::Ordering;
 use crate::warm;
 use core::ptr::{null, null_mut, NonNull};
 
+/// SuperSlabs an arena holds before its next ones come huge-paged.
+const DENSE_SUPERSLABS: usize = 4;
+
 /// Fully free SuperSlabs an arena keeps before giving them to the warm cache.
 const MAX_SPARE: usize = 1;
 
@@ -159,7 +162,9 @@ impl Pool {
         if !self.fits(SUPERSLAB_SIZE) {
             return None;
         }
-        let base = warm::acquire()?;
+        // Huge pages pay once an arena is big: a few SuperSlabs are what a
+        // request's arena with many size classes takes, one page per slab.
+        let base = warm::acquire(self.superslabs >= DENSE_SUPERSLABS)?;
         // SAFETY: `acquire` hands out an unused, aligned SuperSlab.
         let ss = unsafe { SuperSlab::init(base.as_ptr(), self.arena) };
         // SAFETY: fresh header of this arena, on no list.

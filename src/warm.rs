@@ -84,6 +84,11 @@ const _: () = assert!(REGION_SUPERSLABS <= 64 && REGION_ALIGN % SUPERSLAB_SIZE =
 struct Region {
     /// Start of the reservation of [`REGION_SIZE`] bytes.
     base: NonNull<u8>,
+    /// Huge pages asked for: SuperSlabs for arenas that grow past their
+    /// first (dense use). First SuperSlabs of arenas (one per small
+    /// arena: sparse) come from regions without, so a thousand small
+    /// arenas do not each pull in 2 MiB.
+    dense: bool,
     warm: Mask,
     cold: Mask,
     busy: Mask,
@@ -176,9 +181,9 @@ impl Warm {
 
     /// Takes a free SuperSlab from the mask `pick` selects, lowest region
     /// first, so high regions empty out.
-    fn take(&mut self, pick: impl Fn(&mut Region) -> &mut Mask) -> Option<NonNull<u8>> {
+    fn take(&mut self, pick: impl Fn(&mut Region) -> Option<&mut Mask>) -> Option<NonNull<u8>> {
         self.regions.iter_mut().find_map(|r| {
-            let m = pick(r);
+            let m = pick(r)?;
             if *m == 0 {
                 return None;
             }
@@ -328,17 +333,18 @@ fn give_back(picks: Picks, doomed: Doomed) -> usize {
 }
 
 /// Takes a SuperSlab: a warm one if cached, else a cold one of a region,
-/// else one of a fresh region.
-pub(crate) fn acquire() -> Option<NonNull<u8>> {
+/// else one of a fresh region; from huge-paged regions if `dense` (an
+/// arena growing past its first SuperSlab), else from small-paged ones.
+pub(crate) fn acquire(dense: bool) -> Option<NonNull<u8>> {
     {
         let mut w = lock(&WARM);
         w.in_use += 1;
         w.peak_cur = w.peak_cur.max(w.in_use);
-        if let Some(p) = w.take(|r| &mut r.warm) {
+        if let Some(p) = w.take(|r| (r.dense == dense).then_some(&mut r.warm)) {
             w.cached -= 1;
             return Some(p);
         }
-        if w.cold > 0 {
+        if w.regions.iter().any(|r| r.dense == dense && r.cold != 0) {
             // Its pages must come from the OS again: a request the test
             // hook may refuse.
             if os::refused() {
@@ -346,17 +352,18 @@ pub(crate) fn acquire() -> Option<NonNull<u8>> {
                 return None;
             }
             w.cold -= 1;
-            return w.take(|r| &mut r.cold);
+            return w.take(|r| (r.dense == dense).then_some(&mut r.cold));
         }
     }
     // No free SuperSlab: reserve a region (outside the lock: a system call).
-    let Some(base) = os::reserve(REGION_SIZE, REGION_ALIGN) else {
+    let Some(base) = os::reserve(REGION_SIZE, REGION_ALIGN, dense) else {
         lock(&WARM).in_use -= 1;
         return None;
     };
     let mut w = lock(&WARM);
     let r = Region {
         base,
+        dense,
         warm: 0,
         cold: FULL & !1,
         busy: 0,
@@ -435,6 +442,7 @@ mod tests {
     fn one_region(warm: Mask, cold: Mask) -> Warm {
         Warm {
             regions: vec![Region {
+                dense: false,
                 base: NonNull::dangling(),
                 warm,
                 cold,
