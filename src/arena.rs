@@ -267,8 +267,9 @@ impl SmallMidArena {
 
     /// Returns the blocks the calling thread's front cache holds for this
     /// arena, so that other threads can reuse them (a thread's cache is
-    /// also returned when the thread exits). Useful before a thread goes
-    /// idle for a long time.
+    /// also returned when the thread exits), and the slabs a reset kept for
+    /// other threads' next use. Useful before a thread goes idle for a long
+    /// time. An allocation that would fail does this first.
     ///
     /// # Example
     /// ```
@@ -408,19 +409,34 @@ impl ArenaState {
         let own = thread::current_tid();
         // SAFETY: forwarded contract.
         unsafe { self.detach(own) };
-        let own_cache = self.own_cache();
-        // Classes that keep a slab: those the calling thread's cache used.
-        let mut wanted: u64 = 0;
-        if let Some(c) = own_cache {
+        // Caches that keep one whole slab per class they used: the calling
+        // thread's, and idle ones whose threads may come back (a request
+        // hopping threads); each with the classes it still wants.
+        let mut takers: SmallVec<[(&ThreadCache, u64); 4]> = SmallVec::new();
+        if let Some(c) = self.own_cache() {
             // SAFETY: our own cache.
-            wanted = unsafe { c.with(|i| i.clear()) };
-            let mut t = wanted;
+            let used = unsafe { c.with(|i| i.clear()) };
+            let mut t = used;
             while t != 0 {
                 c.counters[t.trailing_zeros() as usize].take();
                 t &= t - 1;
             }
+            takers.push((c, used));
         }
-        lock(&self.members).zero();
+        {
+            let mut m = lock(&self.members);
+            m.zero();
+            for &p in &m.idle {
+                // SAFETY: idle caches are the arena's, used by nobody.
+                let c = unsafe { &*p };
+                // SAFETY: as above.
+                let want = unsafe { c.with(|i| i.clear() | core::mem::take(&mut i.want)) };
+                if want != 0 {
+                    takers.push((c, want));
+                }
+            }
+        }
+        let mut wanted = takers.iter().fold(0, |w, t| w | t.1);
         let mut listed: u64 = 0;
         let mut release: SmallVec<[(*const SuperSlab, usize, bool); 16]> = SmallVec::new();
         let mut pool = lock(&self.pool);
@@ -445,8 +461,7 @@ impl ArenaState {
                             crate::asan::poison(start, s.end as usize - start as usize);
                             if wanted & (1 << c) != 0 {
                                 // As right after a fresh refill: all of it
-                                // in the cache.
-                                wanted &= !(1 << c);
+                                // in a cache.
                                 s.used = s.capacity;
                                 s.free = null_mut();
                                 s.free_count = 0;
@@ -469,9 +484,15 @@ impl ArenaState {
                         Use::Free | Use::SpanTail => None,
                     })
                 };
-                if let (Some((c, start, end)), Some(cache)) = (give, own_cache) {
-                    // SAFETY: our own cache.
+                if let Some((c, start, end)) = give {
+                    let t = takers.iter_mut().find(|t| t.1 & (1 << c) != 0);
+                    let (cache, want) = t.expect("a cache wants the class");
+                    *want &= !(1 << c);
+                    // SAFETY: the calling thread's cache or an idle one.
                     unsafe { cache.with(|i| i.set_range(c, start, end)) };
+                    if !takers.iter().any(|t| t.1 & (1 << c) != 0) {
+                        wanted &= !(1 << c);
+                    }
                 }
             }
         }

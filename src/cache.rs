@@ -68,6 +68,10 @@ pub(crate) struct Inner {
     /// Bit `c` set: class `c` went through the slow path, so its counters
     /// may be non-zero (others are zero: retiring and reset skip them).
     touched: u64,
+    /// Retired by a detach (its thread may come back): the classes it used,
+    /// which the next reset gives whole slabs to, as for the resetting
+    /// thread's own cache.
+    pub(crate) want: u64,
 }
 
 /// Per-class counters of one cache. Written only by the owning thread (with
@@ -166,6 +170,7 @@ impl ThreadCache {
             inner: UnsafeCell::new(Inner {
                 lists: [EMPTY; NUM_CLASSES],
                 touched: 0,
+                want: 0,
             }),
             counters: core::array::from_fn(|_| ClassCounters::default()),
             owner: AtomicPtr::new(null_mut()),
@@ -332,7 +337,13 @@ impl ArenaState {
             unsafe { self.flush_cache(c, tid) };
         }
         // SAFETY: as above.
-        let touched = unsafe { c.with(Inner::clear) };
+        let touched = unsafe {
+            c.with(|i| {
+                let t = i.clear();
+                i.want = if flush { 0 } else { t };
+                t
+            })
+        };
         m.fold(&c.counters, touched);
         slot.store(null_mut(), Ordering::Release);
         m.attached(tid as usize, false);
@@ -571,11 +582,18 @@ impl ArenaState {
         }
     }
 
-    /// Returns what the calling thread's cache holds to the arena.
+    /// Returns what the calling thread's cache holds to the arena, and the
+    /// ranges a reset left in idle caches for threads that may come back.
     pub(crate) fn flush_current_thread(&self) {
         if let Some(c) = self.cache() {
             // SAFETY: this thread owns its cache.
             unsafe { self.flush_cache(c, thread::current_tid()) };
+        }
+        let m = lock(&self.members);
+        for &p in &m.idle {
+            // SAFETY: idle caches belong to the arena; under the members
+            // lock no thread can take one meanwhile.
+            unsafe { self.flush_cache(&*p, u32::MAX) };
         }
     }
 
