@@ -20,7 +20,7 @@ use crate::pool::Pool;
 use crate::size_class::NUM_CLASSES;
 use crate::slab::{Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META, SUPERSLAB_SIZE};
-use crate::sync::{lock, try_lock, AtomicPtr, AtomicU64, Mutex, Ordering};
+use crate::sync::{lock, try_lock, AtomicBool, AtomicPtr, AtomicU64, Mutex, Ordering};
 use crate::thread::{self, ThreadRecord};
 use crate::warm;
 use allocator_api2::alloc::AllocError;
@@ -125,6 +125,10 @@ pub(crate) struct ArenaState {
     pub(crate) members: Mutex<Members>,
     /// The first thread's cache, so a one-thread arena allocates none.
     pub(crate) first_cache: ThreadCache,
+    /// Set when slabs changed other than by a fresh slab handed whole to a
+    /// cache as the first of its class there: a reset must then visit every
+    /// slab; else rewinding the one cache's ranges frees everything.
+    pub(crate) dirty: AtomicBool,
     /// Live blocks, under the `checked` feature (else nothing).
     pub(crate) checked: Checked,
     /// The memory limit in bytes (`u64::MAX`: none); read under the pool lock.
@@ -406,6 +410,10 @@ impl ArenaState {
     /// # Safety
     /// The arena is owned exclusively and none of its blocks is used again.
     pub(crate) unsafe fn reset_all(&self) {
+        // SAFETY: forwarded contract.
+        if unsafe { self.rewind_clean() } {
+            return;
+        }
         let own = thread::current_tid();
         // SAFETY: forwarded contract.
         unsafe { self.detach(own) };
@@ -515,6 +523,41 @@ impl ArenaState {
             a.store(0, Ordering::Relaxed);
         }
         self.checked.clear();
+        // Clean again unless idle caches hold slabs too.
+        let own = self.own_cache();
+        let others = takers.iter().any(|t| own.is_none_or(|o| !core::ptr::eq(t.0, o)));
+        self.dirty.store(others, Ordering::Relaxed);
+    }
+
+    /// The reset of a clean arena whose only cache is the calling thread's:
+    /// rewind that cache's ranges. Whether it applied.
+    ///
+    /// # Safety
+    /// As for [`Self::reset_all`].
+    unsafe fn rewind_clean(&self) -> bool {
+        if self.dirty.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(c) = self.own_cache() else {
+            return false;
+        };
+        let mut m = lock(&self.members);
+        if m.caches != 1 {
+            return false;
+        }
+        // SAFETY: our own cache; clean, so its ranges are whole slabs.
+        let mut t = unsafe { c.with(|i| i.rewind()) };
+        while t != 0 {
+            c.counters[t.trailing_zeros() as usize].take();
+            t &= t - 1;
+        }
+        m.zero();
+        drop(m);
+        for a in [&self.large_allocs, &self.large_frees, &self.large_bytes] {
+            a.store(0, Ordering::Relaxed);
+        }
+        self.checked.clear();
+        true
     }
 
     /// The calling thread's cache here, if attached.
@@ -641,6 +684,7 @@ impl Builder {
                 classes: core::array::from_fn(|_| Mutex::new(ClassList::new())),
                 members: Mutex::new(Members::new()),
                 first_cache: ThreadCache::new(state),
+                dirty: AtomicBool::new(false),
                 checked: Checked::new(),
                 limit: AtomicU64::new(self.memory_limit as u64),
                 large_allocs: AtomicU64::new(0),

@@ -23,7 +23,9 @@
 //! attached or retired) only under the arena's members lock.
 
 use crate::arena::{ArenaState, Members};
-use crate::size_class::{CACHE_CAP, CLASS_SIZE, NUM_CLASSES};
+use crate::size_class::{CACHE_CAP, CLASS_ALIGN, CLASS_SIZE, NUM_CLASSES};
+use crate::slab::SLAB_SIZE;
+use crate::superslab::{SuperSlab, META};
 use crate::slab::{next_of, set_next, Batch};
 use crate::sync::{bump, lock, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
 use crate::thread::{self, ThreadRecord};
@@ -214,6 +216,27 @@ impl Inner {
         l.bump = bump;
         l.end = end;
         self.touched |= 1 << class;
+    }
+
+    /// Rewinds every class's range to its slab's start and forgets the free
+    /// lists: in a clean arena (each class's one slab handed whole to this
+    /// cache, nothing returned since) that frees every block. Returns the
+    /// touched mask.
+    pub(crate) fn rewind(&mut self) -> u64 {
+        let mut t = self.touched;
+        while t != 0 {
+            let class = t.trailing_zeros() as usize;
+            t &= t - 1;
+            let l = &mut self.lists[class];
+            l.head = null_mut();
+            l.count = 0;
+            if !l.end.is_null() {
+                let len = range_len(l.end, class);
+                l.bump = l.end.wrapping_sub(len);
+                crate::asan::poison(l.bump, len);
+            }
+        }
+        self.touched
     }
 
     /// Forgets every block (they were freed wholesale) and returns the
@@ -487,7 +510,7 @@ impl ArenaState {
                 bump(&counters.refills, 1);
                 i.touched |= 1 << class;
                 l.cap = CACHE_CAP[class];
-                Some(match self.refill(class, tid)? {
+                Some(match self.refill(class, tid, !l.end.is_null())? {
                     Batch::List { head, count } => {
                         l.head = next_of(head);
                         l.count = count - 1;
@@ -618,3 +641,25 @@ impl ArenaState {
         }
     }
 }
+
+/// Length of the whole range of the class slab whose range ends at `end`.
+fn range_len(end: *mut u8, class: usize) -> usize {
+    let slab_base = (end as usize - 1) & !(SLAB_SIZE - 1);
+    RANGE_LEN[(SuperSlab::slab_index(slab_base) == 0) as usize][class] as usize
+}
+
+/// Bytes of a whole class slab's blocks: `[in slabs 1..16, in slab 0]`
+/// (slab 0's blocks start after the metadata). A table: no division on
+/// the reset path.
+const RANGE_LEN: [[u32; NUM_CLASSES]; 2] = {
+    let mut t = [[0u32; NUM_CLASSES]; 2];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        let size = CLASS_SIZE[c] as usize;
+        let start0 = META.next_multiple_of(CLASS_ALIGN[c] as usize);
+        t[0][c] = (SLAB_SIZE / size * size) as u32;
+        t[1][c] = ((SLAB_SIZE - start0) / size * size) as u32;
+        c += 1;
+    }
+    t
+};

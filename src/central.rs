@@ -16,7 +16,7 @@ use crate::arena::ArenaState;
 use crate::size_class::{CLASS_ALIGN, CLASS_SIZE};
 use crate::slab::{next_of, set_next, Batch, Slab, SlabState, Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META};
-use crate::sync::lock;
+use crate::sync::{lock, Ordering};
 use core::ptr::{null, null_mut};
 
 /// Head of one class's list of slabs with blocks available.
@@ -112,14 +112,28 @@ impl ArenaState {
         Some(slab)
     }
 
+    /// Notes that slabs changed other than by handing a fresh slab whole to
+    /// a cache: the next reset must visit every slab.
+    #[inline]
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
     /// Takes a slab's reusable blocks of `class` for a front cache: the
     /// whole free list of a slab on the class list, else the whole uncarved
     /// range of a fresh slab. `None` when the pool is out of memory.
-    pub(crate) fn refill(&self, class: usize, taker: u32) -> Option<Batch> {
+    ///
+    /// `had_range`: the cache already took a whole slab of this class, so
+    /// a second one makes the arena dirty (see [`crate::arena`]).
+    pub(crate) fn refill(&self, class: usize, taker: u32, had_range: bool) -> Option<Batch> {
         let mut list = lock(&self.classes[class]);
         let slab = if list.head.is_null() {
+            if had_range {
+                self.mark_dirty();
+            }
             self.new_class_slab(class)?
         } else {
+            self.mark_dirty();
             list.head
         };
         // SAFETY: class lock held; the slab serves this class.
@@ -138,6 +152,7 @@ impl ArenaState {
 
     /// Takes a single block of `class` (threads without a cache).
     pub(crate) fn alloc_one(&self, class: usize) -> Option<*mut u8> {
+        self.mark_dirty();
         let mut list = lock(&self.classes[class]);
         let slab = self.class_slab(&mut list, class)?;
         // SAFETY: class lock held; the slab serves this class and has a block.
@@ -179,6 +194,7 @@ impl ArenaState {
         flusher: u32,
     ) -> u32 {
         let mut cross = 0;
+        self.mark_dirty();
         let mut list = lock(&self.classes[class]);
         for _ in 0..count {
             debug_assert!(!head.is_null());
@@ -230,6 +246,7 @@ impl ArenaState {
         if start >= end {
             return;
         }
+        self.mark_dirty();
         let mut list = lock(&self.classes[class]);
         let (ss, idx, slab) = slab_of(start);
         // SAFETY: class lock held; the range belongs to this class's slab.

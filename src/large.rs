@@ -91,6 +91,7 @@ pub(crate) unsafe fn huge_header(block: *mut u8) -> *mut HugeHeader {
 impl ArenaState {
     /// Allocates a block that no size class serves.
     pub(crate) fn alloc_large(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        self.mark_dirty();
         let block = self.alloc_large_block(layout)?;
         self.large_allocs.fetch_add(1, Ordering::Relaxed);
         self.large_bytes
