@@ -525,7 +525,9 @@ impl ArenaState {
         self.checked.clear();
         // Clean again unless idle caches hold slabs too.
         let own = self.own_cache();
-        let others = takers.iter().any(|t| own.is_none_or(|o| !core::ptr::eq(t.0, o)));
+        let others = takers
+            .iter()
+            .any(|t| own.is_none_or(|o| !core::ptr::eq(t.0, o)));
         self.dirty.store(others, Ordering::Relaxed);
     }
 
@@ -673,8 +675,8 @@ impl Builder {
             return Ok(SmallMidArena { state });
         }
         let base = warm::acquire(false).ok_or(AllocError)?.as_ptr(); // an arena's first: sparse
-        // SAFETY: the SuperSlab is ours; the state fits in its META area
-        // (asserted above) right after the header.
+                                                                     // SAFETY: the SuperSlab is ours; the state fits in its META area
+                                                                     // (asserted above) right after the header.
         unsafe {
             let state = base.add(STATE_OFFSET).cast::<ArenaState>();
             let home = SuperSlab::init(base, state);

@@ -25,8 +25,8 @@
 use crate::arena::{ArenaState, Members};
 use crate::size_class::{CACHE_CAP, CLASS_ALIGN, CLASS_SIZE, NUM_CLASSES};
 use crate::slab::SLAB_SIZE;
-use crate::superslab::{SuperSlab, META};
 use crate::slab::{next_of, set_next, Batch};
+use crate::superslab::{SuperSlab, META};
 use crate::sync::{bump, lock, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
 use crate::thread::{self, ThreadRecord};
 use core::ptr::{null_mut, NonNull};
@@ -424,7 +424,10 @@ impl ArenaState {
     ) -> Option<(*const ThreadCache, *const ThreadRecord)> {
         let p = self.slot(tid, false)?.load(Ordering::Relaxed);
         // SAFETY: caches live as long as the arena.
-        (!p.is_null()).then(|| (p as *const _, unsafe { (*p).owner.load(Ordering::Relaxed) } as *const _))
+        (!p.is_null()).then(|| {
+            (p as *const _, unsafe { (*p).owner.load(Ordering::Relaxed) }
+                as *const _)
+        })
     }
 
     /// Frees the caches and slot chunks (the arena is being destroyed, every

@@ -274,23 +274,33 @@ pub(crate) fn set_tid_offset(offset: u32) {
     t.offset = offset;
 }
 
-global! {
-    /// Arenas whose handle is alive (a recycled spare is not).
-    static LIVE: AtomicU64 = AtomicU64::new(0);
+/// One shard of the live-arena count, on its own cache line.
+#[repr(align(128))]
+struct LiveShard(AtomicU64);
+
+const LIVE_SHARDS: usize = 16;
+
+#[cfg(not(loom))]
+static LIVE: [LiveShard; LIVE_SHARDS] = [const { LiveShard(AtomicU64::new(0)) }; LIVE_SHARDS];
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref LIVE: [LiveShard; LIVE_SHARDS] =
+        core::array::from_fn(|_| LiveShard(AtomicU64::new(0)));
 }
 
-/// Counts an arena handle made (`+1`) or dropped (`-1`).
+/// Counts an arena handle made (`+1`) or dropped (`-1`): arenas whose
+/// handle is alive (a recycled spare is not). Sharded by thread, so
+/// threads creating and dropping arenas do not share a cache line; a shard
+/// may go below zero (wrapping), the sum does not.
 pub(crate) fn count_live(delta: i64) {
-    if delta > 0 {
-        LIVE.fetch_add(delta as u64, Ordering::Relaxed);
-    } else {
-        LIVE.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
-    }
+    let shard = &LIVE[current_tid() as usize % LIVE_SHARDS].0;
+    shard.fetch_add(delta as u64, Ordering::Relaxed);
 }
 
 /// Number of live arena handles.
 pub(crate) fn live_arenas() -> usize {
-    LIVE.load(Ordering::Relaxed) as usize
+    LIVE.iter()
+        .fold(0u64, |n, s| n.wrapping_add(s.0.load(Ordering::Relaxed))) as usize
 }
 
 /// Threads holding an index: threads that used an arena and have not
