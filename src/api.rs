@@ -298,11 +298,13 @@ unsafe impl Allocator for SmallMidArena {
     }
 }
 
-// A panic can only cross an arena operation between its steps, never in the
-// middle of one: the engine calls no user code, its critical sections do
-// not panic midway (see `sync::lock`), and `checked` misuse panics fire
-// before any state changes. The interior mutability behind the handle (front
-// caches, locks) therefore never shows a broken invariant after an unwind,
-// so `catch_unwind(|| arena.alloc(1))` is as sound as with `&Vec`.
+// A panic leaves the arena consistent: the engine calls no user code, and
+// its one panic inside a critical section (a block freed with another
+// class's layout, caught when its batch is flushed) fires before that
+// block is touched, after the blocks before it were returned whole; the
+// rest of that batch stays counted as in use (leaked until reset or drop).
+// `checked` misuse panics fire before any state changes; locks ignore
+// poison (see `sync::lock`). So `catch_unwind(|| arena.alloc(1))` is as
+// sound as with `&Vec`.
 impl core::panic::UnwindSafe for SmallMidArena {}
 impl core::panic::RefUnwindSafe for SmallMidArena {}

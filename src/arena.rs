@@ -341,9 +341,15 @@ impl ArenaState {
                 Ok(old) => old,
                 Err(_) => state,
             };
+            if left.is_null() {
+                return;
+            }
             // The thread's previous spare (or this arena) goes to the
-            // shared spares, where other threads' `new()` find it.
-            if left.is_null() || Spares::give(left) {
+            // shared spares, where other threads' `new()` find it: with no
+            // thread's cache attached.
+            // SAFETY: a spare: reset, no handle, nobody else holds it.
+            unsafe { (*left).park_own() };
+            if Spares::give(left) {
                 return;
             }
             // SAFETY: a spare has no handle; nobody else holds it.
@@ -444,6 +450,12 @@ impl ArenaState {
                 }
             }
         }
+        if self.limited() {
+            // Under a limit, slabs kept in a cache could refuse another
+            // thread's allocation (only the holder can return them): keep
+            // none.
+            takers.clear();
+        }
         let mut wanted = takers.iter().fold(0, |w, t| w | t.1);
         let mut listed: u64 = 0;
         let mut release: SmallVec<[(*const SuperSlab, usize, bool); 16]> = SmallVec::new();
@@ -537,7 +549,7 @@ impl ArenaState {
     /// # Safety
     /// As for [`Self::reset_all`].
     unsafe fn rewind_clean(&self) -> bool {
-        if self.dirty.load(Ordering::Relaxed) {
+        if self.dirty.load(Ordering::Relaxed) || self.limited() {
             return false;
         }
         let Some(c) = self.own_cache() else {
@@ -560,6 +572,11 @@ impl ArenaState {
         }
         self.checked.clear();
         true
+    }
+
+    /// Whether the arena has a memory limit.
+    fn limited(&self) -> bool {
+        self.limit.load(Ordering::Relaxed) != u64::MAX
     }
 
     /// The calling thread's cache here, if attached.
@@ -784,12 +801,18 @@ fn take_spare(limit: usize) -> Option<NonNull<ArenaState>> {
     let a = unsafe { p.as_ref() };
     let unlimited = limit == usize::MAX && a.limit.load(Ordering::Relaxed) == u64::MAX;
     if !unlimited {
-        if lock(&a.pool).held_bytes() > limit {
+        a.limit.store(limit as u64, Ordering::Relaxed);
+        // SAFETY: a spare: no handle, nobody else holds it. Under a limit
+        // the reset keeps no slab in any cache, and frees spare SuperSlabs.
+        unsafe { a.reset_all() };
+        let mut pool = lock(&a.pool);
+        pool.release_free_superslabs();
+        if pool.held_bytes() > limit {
+            drop(pool);
             // SAFETY: the spare has no handle.
             unsafe { ArenaState::destroy(p.as_ptr()) };
             return None;
         }
-        a.limit.store(limit as u64, Ordering::Relaxed);
     }
     Some(p)
 }

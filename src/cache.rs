@@ -374,6 +374,33 @@ impl ArenaState {
         Some(c.owner.swap(null_mut(), Ordering::Relaxed))
     }
 
+    /// Moves the calling thread's cache, ranges and all, to the idle list:
+    /// the arena then holds no thread's cache, and the next thread to use
+    /// it (any thread: it is going to the shared spares) takes this one,
+    /// warm. Its ranges stay reclaimable there (`flush_current_thread`).
+    ///
+    /// # Safety
+    /// The arena is owned exclusively and was just reset (zero counters).
+    pub(crate) unsafe fn park_own(&self) {
+        let tid = thread::current_tid() as usize;
+        let Some((c, rec)) = self.attached_at(&lock(&self.members), tid) else {
+            return;
+        };
+        // SAFETY: our own record (alive: we run) and cache (alive with the
+        // arena); lock order record, then members.
+        unsafe { (*rec).forget(&*c) };
+        let mut m = lock(&self.members);
+        let slot = self.slot(tid, false).expect("slot of an attached cache");
+        slot.store(null_mut(), Ordering::Release);
+        m.attached(tid, false);
+        // SAFETY: as above.
+        unsafe { (*c).owner.store(null_mut(), Ordering::Relaxed) };
+        m.idle.push(c as *mut ThreadCache);
+        drop(m);
+        // SAFETY: the reference the attached cache held.
+        unsafe { ThreadRecord::unref(rec) };
+    }
+
     /// Retires the calling (exiting) thread's cache; whether there was one.
     ///
     /// # Safety
@@ -423,11 +450,12 @@ impl ArenaState {
         tid: usize,
     ) -> Option<(*const ThreadCache, *const ThreadRecord)> {
         let p = self.slot(tid, false)?.load(Ordering::Relaxed);
+        if p.is_null() {
+            return None;
+        }
         // SAFETY: caches live as long as the arena.
-        (!p.is_null()).then(|| {
-            (p as *const _, unsafe { (*p).owner.load(Ordering::Relaxed) }
-                as *const _)
-        })
+        let owner = unsafe { (*p).owner.load(Ordering::Relaxed) };
+        Some((p as *const _, owner as *const _))
     }
 
     /// Frees the caches and slot chunks (the arena is being destroyed, every
@@ -510,10 +538,11 @@ impl ArenaState {
                     return Some(b);
                 }
                 debug_assert!(l.head.is_null());
-                bump(&counters.refills, 1);
                 i.touched |= 1 << class;
                 l.cap = CACHE_CAP[class];
-                Some(match self.refill(class, tid, !l.end.is_null())? {
+                let batch = self.refill(class, tid, !l.end.is_null())?;
+                bump(&counters.refills, 1);
+                Some(match batch {
                     Batch::List { head, count } => {
                         l.head = next_of(head);
                         l.count = count - 1;

@@ -223,6 +223,25 @@ impl Pool {
         }
     }
 
+    /// Gives every fully free SuperSlab but the home one to the warm cache
+    /// (they count against the limit while kept).
+    pub(crate) fn release_free_superslabs(&mut self) {
+        let mut ss = self.all;
+        while !ss.is_null() {
+            // SAFETY: pool lock held; list members are live.
+            let (mask, next) = unsafe { SuperSlab::links(ss, |l| (l.free_mask, l.all_next)) };
+            if mask == ALL_FREE && ss != self.home {
+                self.spare -= 1;
+                // SAFETY: fully free, not home: nothing points into it.
+                unsafe {
+                    self.unlink(ss);
+                    warm::release(&[NonNull::new_unchecked(ss as *mut u8)]);
+                }
+            }
+            ss = next;
+        }
+    }
+
     /// Takes one free slab for a size class.
     pub(crate) fn take_slab(&mut self) -> Option<(*const SuperSlab, usize)> {
         let ss = if self.avail.is_null() {
