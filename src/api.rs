@@ -69,6 +69,16 @@ macro_rules! forward_allocator {
 }
 pub(crate) use forward_allocator;
 
+// With `nightly`, std's own trait too (allocator-api2 stays stable, so
+// crates built on it, hashbrown included, are unaffected).
+#[cfg(feature = "nightly")]
+forward_allocator!(
+    core::alloc::Allocator,
+    core::alloc::AllocError,
+    SmallMidArena,
+    |s| s
+);
+
 #[inline(always)]
 fn dangling(align: usize) -> NonNull<[u8]> {
     // SAFETY: an alignment is never zero.

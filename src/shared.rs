@@ -124,3 +124,11 @@ forward_allocator!(
     SharedArena,
     |s| &**s
 );
+
+#[cfg(feature = "nightly")]
+forward_allocator!(
+    core::alloc::Allocator,
+    core::alloc::AllocError,
+    SharedArena,
+    |s| &**s
+);

@@ -26,3 +26,19 @@ fn arena_box_coerces_to_dyn_and_slices() {
     let s: smallmid::ArenaBox<'_, [u8]> = arena.alloc([1u8, 2, 3]);
     assert_eq!(s.len(), 3);
 }
+
+#[test]
+fn hashbrown_and_std_collections_in_one_build() {
+    let arena = smallmid::SmallMidArena::new();
+    let mut m = hashbrown::HashMap::new_in(&arena); // allocator-api2 0.2's trait
+    m.insert(1u32, "one");
+    let mut v: Vec<u32, &smallmid::SmallMidArena> = Vec::new_in(&arena); // core's trait
+    v.extend(m.keys().copied());
+    assert_eq!((m[&1], v.as_slice()), ("one", &[1][..]));
+    let shared = smallmid::SharedArena::new();
+    let mut w: Vec<u8, smallmid::SharedArena> = Vec::new_in(shared.clone());
+    w.push(7);
+    let t = std::thread::spawn(move || w[0]);
+    assert_eq!(t.join().unwrap(), 7);
+    assert_eq!(shared.stats().blocks_in_use, 0);
+}
