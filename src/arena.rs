@@ -556,7 +556,9 @@ impl ArenaState {
             return false;
         };
         let mut m = lock(&self.members);
-        if m.caches != 1 {
+        // Again under the lock: an exiting thread flushes (and marks the
+        // arena dirty) before it retires its cache under this lock.
+        if m.caches != 1 || self.dirty.load(Ordering::Relaxed) {
             return false;
         }
         // SAFETY: our own cache; clean, so its ranges are whole slabs.

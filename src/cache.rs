@@ -662,6 +662,11 @@ impl ArenaState {
             c.with(|i| {
                 for (class, l) in i.lists.iter_mut().enumerate() {
                     let taken = core::mem::replace(l, EMPTY);
+                    if !taken.end.is_null() {
+                        // A whole slab leaves the cache's sight (even a used
+                        // up one): a clean rewind could no longer free it.
+                        self.mark_dirty();
+                    }
                     if taken.count > 0 {
                         let cross = self.flush(class, taken.head, taken.count, tid);
                         bump(&c.counters[class].cross, cross as u64);
