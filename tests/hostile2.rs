@@ -224,7 +224,7 @@ fn shadow_stress_spares_and_resets() {
     let hs: Vec<_> = (0..3)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut r = Rng(0x9e3779b97f4a7c15 ^ (t as u64 + 1) * 0x1234567);
+                let mut r = Rng(0x9e3779b97f4a7c15 ^ ((t as u64 + 1) * 0x1234567));
                 for round in 0..150 {
                     let mut a = if r.next() % 4 == 0 {
                         SmallMidArena::builder().memory_limit(6 << 20).build()
