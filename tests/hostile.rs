@@ -31,6 +31,7 @@ fn spare_from_other_thread_pins_slabs_against_limit() {
         let a = SmallMidArena::builder().memory_limit(1 << 20).build();
         for &s in &SIZES {
             let p = a.allocate(layout(s)).unwrap();
+            // SAFETY: a live block of this arena, allocated with this layout, freed once.
             unsafe { a.deallocate(p.cast(), layout(s)) };
         }
         let b = SmallMidArena::new();
@@ -46,6 +47,7 @@ fn spare_from_other_thread_pins_slabs_against_limit() {
     let r = u.allocate(big);
     let ok = r.is_ok();
     if let Ok(p) = r {
+        // SAFETY: a live block of this arena, allocated with this layout, freed once.
         unsafe { u.deallocate(p.cast(), big) };
     }
     to_t.send(()).unwrap();
@@ -76,6 +78,7 @@ fn exit_races_reset_and_drop() {
             (0..3).map(|_| Arc::new(SmallMidArena::new())).collect();
         let done = Arc::new(Barrier::new(n + 1));
         let kept: Arc<Mutex<Vec<(usize, usize)>>> = Arc::new(Mutex::new(Vec::new()));
+        // SAFETY: the arena outlives the spawned thread, which is joined before the arena is dropped.
         let mref: &'static SmallMidArena = unsafe { &*(&main as *const SmallMidArena) };
         let hs: Vec<_> = (0..n)
             .map(|i| {
@@ -84,6 +87,7 @@ fn exit_races_reset_and_drop() {
                     for (k, e) in extra.iter().enumerate() {
                         let s = SIZES[(i + k) % SIZES.len()];
                         let p = e.allocate(layout(s)).unwrap();
+                        // SAFETY: a live block of this arena, allocated with this layout, freed once.
                         unsafe { e.deallocate(p.cast(), layout(s)) };
                     }
                     let mut mine = Vec::new();
@@ -96,6 +100,7 @@ fn exit_races_reset_and_drop() {
                     }
                     // free half here (into this thread's cache)
                     for (p, s) in mine.drain(..25) {
+                        // SAFETY: a live block of this arena, allocated with this layout, freed once.
                         unsafe {
                             mref.deallocate(
                                 core::ptr::NonNull::new(p as *mut u8).unwrap(),
@@ -114,6 +119,7 @@ fn exit_races_reset_and_drop() {
         // free the rest on this thread
         let live: Vec<_> = std::mem::take(&mut *kept.lock().unwrap());
         for (p, s) in &live[..live.len() / 2] {
+            // SAFETY: a live block of this arena, allocated with this layout, freed once.
             unsafe { main.deallocate(core::ptr::NonNull::new(*p as *mut u8).unwrap(), layout(*s)) };
         }
         let left = (live.len() - live.len() / 2) as u64;
@@ -149,6 +155,7 @@ fn freed_span_superslab_blocks_huge_under_limit() {
     let span = layout(900 << 10);
     let p1 = a.allocate(span).unwrap(); // home SuperSlab
     let p2 = a.allocate(span).unwrap(); // a second SuperSlab
+                                        // SAFETY: a live block of this arena, allocated with this layout, freed once.
     unsafe { a.deallocate(p2.cast(), span) };
     let live_held = 1 << 20; // only p1 is live: one SuperSlab
     let huge = layout((3 << 20) - live_held - (64 << 10));
@@ -156,8 +163,10 @@ fn freed_span_superslab_blocks_huge_under_limit() {
     let r = a.allocate(huge);
     let ok = r.is_ok();
     if let Ok(h) = r {
+        // SAFETY: a live block of this arena, allocated with this layout, freed once.
         unsafe { a.deallocate(h.cast(), huge) };
     }
+    // SAFETY: a live block of this arena, allocated with this layout, freed once.
     unsafe { a.deallocate(p1.cast(), span) };
     assert!(
         ok,
@@ -173,6 +182,7 @@ fn freed_small_blocks_superslab_blocks_huge_under_limit() {
     let l = layout(30000);
     let ps: Vec<_> = (0..60).map(|_| a.allocate(l).unwrap()).collect(); // > 1 SuperSlab
     for p in &ps {
+        // SAFETY: a live block of this arena, allocated with this layout, freed once.
         unsafe { a.deallocate(p.cast(), l) };
     }
     let s = a.stats();
@@ -180,6 +190,7 @@ fn freed_small_blocks_superslab_blocks_huge_under_limit() {
     let r = a.allocate(huge);
     let ok = r.is_ok();
     if let Ok(h) = r {
+        // SAFETY: a live block of this arena, allocated with this layout, freed once.
         unsafe { a.deallocate(h.cast(), huge) };
     }
     assert!(
@@ -211,6 +222,7 @@ fn spares_taken_while_their_threads_exit() {
                 assert_eq!(s.blocks_in_use, 64, "{s}");
                 let _ = a.audit();
                 for (p, s) in v {
+                    // SAFETY: a live block of this arena, allocated with this layout, freed once.
                     unsafe { a.deallocate(p.cast(), layout(s)) };
                 }
                 assert_eq!(a.stats().blocks_in_use, 0, "{}", a.stats());
@@ -230,6 +242,7 @@ fn spares_taken_while_their_threads_exit() {
                     for a in &arenas {
                         for &s in &SIZES {
                             let p = a.allocate(layout(s)).unwrap();
+                            // SAFETY: a live block of this arena, allocated with this layout, freed once.
                             unsafe { a.deallocate(p.cast(), layout(s)) };
                         }
                     }
@@ -261,6 +274,7 @@ fn miri_small_races() {
                     let p = a.allocate(layout(s)).unwrap();
                     let q = b.allocate(layout(s + 8)).unwrap();
                     let _ = a.audit();
+                    // SAFETY: a live block of this arena, allocated with this layout, freed once.
                     unsafe { a.deallocate(p.cast(), layout(s)) };
                     drop(a);
                     q.cast::<u8>().as_ptr() as usize
@@ -276,6 +290,7 @@ fn miri_small_races() {
         assert_eq!(b.stats().blocks_in_use, 2);
         for (i, p) in ps.into_iter().enumerate() {
             let s = [24, 3000][i] + 8;
+            // SAFETY: a live block of this arena, allocated with this layout, freed once.
             unsafe { b.deallocate(core::ptr::NonNull::new(p as *mut u8).unwrap(), layout(s)) };
         }
         assert_eq!(b.stats().blocks_in_use, 0);
@@ -300,6 +315,7 @@ fn reset_pins_slabs_against_other_threads_under_limit() {
     let mut a = SmallMidArena::builder().memory_limit(1 << 20).build();
     for &s in &SIZES {
         let p = a.allocate(layout(s)).unwrap();
+        // SAFETY: a live block of this arena, allocated with this layout, freed once.
         unsafe { a.deallocate(p.cast(), layout(s)) };
     }
     a.reset();
@@ -309,6 +325,7 @@ fn reset_pins_slabs_against_other_threads_under_limit() {
             let big = layout(900 << 10);
             let r = a.allocate(big);
             if let Ok(p) = r {
+                // SAFETY: a live block of this arena, allocated with this layout, freed once.
                 unsafe { a.deallocate(p.cast(), big) };
             }
             r.is_ok()

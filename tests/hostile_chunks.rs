@@ -14,6 +14,7 @@ fn chunks_and_past_table_churn() {
     smallmid::test_hooks::first_thread_index(4096 - 6);
     for round in 0..60 {
         let mut arena = SmallMidArena::new();
+        // SAFETY: the arena outlives the spawned thread, which is joined before the arena is dropped.
         let aref: &'static SmallMidArena = unsafe { &*(&arena as *const SmallMidArena) };
         let n = 10; // 6 with caches (chunk 63), 4 past the table
         let bar = Arc::new(Barrier::new(n + 1));
@@ -27,9 +28,11 @@ fn chunks_and_past_table_churn() {
                         let s = [24, 200, 700, 3000][(i + j) % 4];
                         v.push((aref.allocate(layout(s)).unwrap(), s));
                         let q = other.allocate(layout(s)).unwrap();
+                        // SAFETY: a live block of this arena, allocated with this layout, freed once.
                         unsafe { other.deallocate(q.cast(), layout(s)) };
                     }
                     for (p, s) in v.drain(..20) {
+                        // SAFETY: a live block of this arena, allocated with this layout, freed once.
                         unsafe { aref.deallocate(p.cast(), layout(s)) };
                     }
                     let keep: Vec<(usize, usize)> = v
@@ -58,6 +61,7 @@ fn chunks_and_past_table_churn() {
             let s = arena.stats();
             assert_eq!(s.blocks_in_use, all.len() as u64, "{s}");
             for (p, s) in all {
+                // SAFETY: a live block of this arena, allocated with this layout, freed once.
                 unsafe {
                     arena.deallocate(core::ptr::NonNull::new(p as *mut u8).unwrap(), layout(s))
                 };

@@ -119,7 +119,7 @@ fn emptied_slabs_serve_other_classes() {
 #[test]
 fn arenas_hopping_threads_map_nothing_after_warmup() {
     let _g = SERIAL.lock().unwrap();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<SmallMidArena>(64);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<SmallMidArena>(if cfg!(miri) { 4 } else { 64 });
     let consumer = std::thread::spawn(move || {
         let l = Layout::from_size_align(700, 8).unwrap();
         for arena in rx {
