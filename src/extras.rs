@@ -2,7 +2,9 @@
 //! address ownership and pre-reserved capacity.
 
 use crate::arena::SmallMidArena;
-use crate::sync::lock;
+use crate::superslab::SUPERSLAB_SIZE;
+use crate::sync::{lock, Ordering};
+use allocator_api2::alloc::AllocError;
 
 impl SmallMidArena {
     /// Bytes this arena holds from the OS right now: its SuperSlabs (1 MiB
@@ -30,5 +32,55 @@ impl SmallMidArena {
     /// ```
     pub fn allocated_bytes(&self) -> usize {
         lock(&self.state().pool).held_bytes()
+    }
+
+    /// Changes the memory limit at run time (bumpalo's
+    /// `set_allocation_limit`); `usize::MAX` removes it.
+    ///
+    /// If the arena holds more than `bytes`, the calling thread's front
+    /// cache is flushed and fully free SuperSlabs are given back first;
+    /// if it still holds more, nothing changes and the result is an error.
+    ///
+    /// # Errors
+    /// `AllocError` if `bytes` is below one SuperSlab (1 MiB), or if the
+    /// arena's live memory does not fit in `bytes`; the old limit stays.
+    ///
+    /// # Example
+    /// ```
+    /// use allocator_api2::alloc::{Allocator, Layout};
+    /// let arena = smallmid::SmallMidArena::new();
+    /// arena.set_memory_limit(2 << 20).unwrap();
+    /// assert_eq!(arena.memory_limit(), 2 << 20);
+    /// assert!(arena.allocate(Layout::new::<[u8; 4 << 20]>()).is_err());
+    /// assert!(arena.set_memory_limit(1000).is_err()); // below 1 MiB
+    /// arena.set_memory_limit(usize::MAX).unwrap();    // no limit
+    /// assert!(arena.allocate(Layout::new::<[u8; 4 << 20]>()).is_ok());
+    /// ```
+    pub fn set_memory_limit(&self, bytes: usize) -> Result<(), AllocError> {
+        if bytes < SUPERSLAB_SIZE {
+            return Err(AllocError);
+        }
+        let st = self.state();
+        if bytes != usize::MAX && lock(&st.pool).held_bytes() > bytes {
+            // Blocks this thread caches keep their slabs busy: return them
+            // (takes class locks and the pool lock, so not under it).
+            self.flush_thread_cache();
+        }
+        let limit = if bytes == usize::MAX {
+            u64::MAX
+        } else {
+            bytes as u64
+        };
+        let mut pool = lock(&st.pool);
+        if pool.held_bytes() > bytes {
+            pool.release_free_superslabs();
+            if pool.held_bytes() > bytes {
+                return Err(AllocError);
+            }
+        }
+        // The limit is read under the pool lock: stored under it, no
+        // allocation sees the new value with the old holdings.
+        st.limit.store(limit, Ordering::Relaxed);
+        Ok(())
     }
 }

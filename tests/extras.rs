@@ -47,3 +47,79 @@ fn allocated_bytes_is_what_the_arena_holds() {
     free(&a, small);
     assert_eq!(a.allocated_bytes(), MIB);
 }
+
+#[test]
+fn set_memory_limit_gives_back_free_superslabs_then_holds() {
+    let _g = serial();
+    let a = SmallMidArena::new();
+    let spans: Vec<_> = (0..4).map(|_| alloc(&a, SPAN)).collect();
+    assert_eq!(a.stats().superslabs, 4);
+    for s in spans {
+        free(&a, s);
+    }
+    // One fully free SuperSlab is kept as a spare.
+    assert!(a.allocated_bytes() > MIB);
+    a.set_memory_limit(MIB).unwrap();
+    assert_eq!(a.memory_limit(), MIB);
+    assert_eq!(a.allocated_bytes(), MIB);
+    // The home SuperSlab's slabs fit one span, not two; then every kind of
+    // allocation fails, and the limit holds.
+    let span = alloc(&a, SPAN);
+    assert!(a
+        .allocate(Layout::from_size_align(SPAN, 8).unwrap())
+        .is_err());
+    free(&a, span);
+    assert!(a
+        .allocate(Layout::from_size_align(2 * MIB, 8).unwrap())
+        .is_err());
+    let mut small = Vec::new();
+    while let Ok(p) = a.allocate(Layout::from_size_align(1024, 8).unwrap()) {
+        small.push(p.cast::<u8>());
+        assert!(
+            small.len() < 2000,
+            "1 MiB cannot hold this many 1 KiB blocks"
+        );
+    }
+    assert!(!small.is_empty());
+    assert!(a.stats().bytes_held <= MIB as u64);
+    let l = Layout::from_size_align(1024, 8).unwrap();
+    for p in small {
+        // SAFETY: allocated above with `l`.
+        unsafe { a.deallocate(p, l) };
+    }
+    a.set_memory_limit(usize::MAX).unwrap();
+    assert_eq!(a.memory_limit(), usize::MAX);
+    free(&a, alloc(&a, 4 * MIB));
+}
+
+#[test]
+fn set_memory_limit_refuses_what_live_memory_passes() {
+    let _g = serial();
+    let a = SmallMidArena::builder().memory_limit(8 * MIB).build();
+    let live: Vec<_> = (0..3).map(|_| alloc(&a, SPAN)).collect();
+    assert_eq!(a.allocated_bytes(), 3 * MIB);
+    assert!(a.set_memory_limit(2 * MIB).is_err());
+    assert_eq!(a.memory_limit(), 8 * MIB, "the old limit stays");
+    assert!(a.set_memory_limit(MIB - 1).is_err());
+    assert!(a.set_memory_limit(0).is_err());
+    assert_eq!(a.memory_limit(), 8 * MIB);
+    // Exactly what it holds is fine; then nothing more fits.
+    a.set_memory_limit(3 * MIB).unwrap();
+    assert!(a
+        .allocate(Layout::from_size_align(SPAN, 8).unwrap())
+        .is_err());
+    assert!(a.stats().bytes_held <= 3 * MIB as u64);
+    for s in live {
+        free(&a, s);
+    }
+    // Raising it lets the arena grow again, up to the new limit.
+    a.set_memory_limit(5 * MIB).unwrap();
+    let more: Vec<_> = (0..5).map(|_| alloc(&a, SPAN)).collect();
+    assert!(a
+        .allocate(Layout::from_size_align(SPAN, 8).unwrap())
+        .is_err());
+    assert!(a.stats().bytes_held <= 5 * MIB as u64);
+    for s in more {
+        free(&a, s);
+    }
+}
