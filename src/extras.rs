@@ -2,7 +2,7 @@
 //! address ownership and pre-reserved capacity.
 
 use crate::arena::SmallMidArena;
-use crate::superslab::SUPERSLAB_SIZE;
+use crate::superslab::{META, SUPERSLAB_SIZE};
 use crate::sync::{lock, Ordering};
 use allocator_api2::alloc::AllocError;
 
@@ -82,5 +82,34 @@ impl SmallMidArena {
         // allocation sees the new value with the old holdings.
         st.limit.store(limit, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether `ptr` points into memory this arena holds for blocks: one of
+    /// its SuperSlabs past the header area, or one of its huge blocks (like
+    /// mimalloc's `mi_heap_contains_block`). Any address may be passed:
+    /// only addresses are compared, nothing at `ptr` is read.
+    ///
+    /// `true` does not mean a live block starts at `ptr` (free space of the
+    /// arena counts too). Cost: O(SuperSlabs + huge blocks), under the pool
+    /// lock: not for a hot path.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::new();
+    /// let b = arena.alloc([0u8; 300]);
+    /// assert!(arena.contains(b.as_ptr()));
+    /// let x = Box::new(0u8);
+    /// assert!(!arena.contains(&*x as *const u8));
+    /// ```
+    pub fn contains(&self, ptr: *const u8) -> bool {
+        let addr = ptr as usize;
+        let pool = lock(&self.state().pool);
+        let base = addr & !(SUPERSLAB_SIZE - 1);
+        let in_superslab = addr - base >= META
+            && pool
+                .all_superslabs()
+                .iter()
+                .any(|ss| ss.as_ptr() as usize == base);
+        in_superslab || crate::large::huge_contains(&pool, addr)
     }
 }

@@ -123,3 +123,43 @@ fn set_memory_limit_refuses_what_live_memory_passes() {
         free(&a, s);
     }
 }
+
+#[test]
+fn contains_own_blocks_only() {
+    let _g = serial();
+    let a = SmallMidArena::new();
+    let other = SmallMidArena::new();
+    let small = alloc(&a, 300);
+    let span = alloc(&a, 200 << 10);
+    let huge = alloc(&a, 3 * MIB);
+    for (p, l) in [small, span, huge] {
+        let p = p.as_ptr() as *const u8;
+        assert!(a.contains(p));
+        assert!(a.contains(p.wrapping_add(l.size() - 1)), "last byte");
+        assert!(!other.contains(p));
+    }
+    // Past the huge block's last page, and below its header: not a block.
+    let h = huge.0.as_ptr() as *const u8;
+    assert!(!a.contains(h.wrapping_add(3 * MIB)));
+    assert!(!a.contains(h.wrapping_sub(1)));
+    let theirs = alloc(&other, 300);
+    assert!(!a.contains(theirs.0.as_ptr()));
+    assert!(other.contains(theirs.0.as_ptr()));
+    let boxed = Box::new([0u8; 300]);
+    assert!(!a.contains(boxed.as_ptr()));
+    let big = vec![0u8; 4 * MIB];
+    assert!(!a.contains(big.as_ptr()));
+    let local = 0u64;
+    assert!(!a.contains(&local as *const u64 as *const u8));
+    assert!(!a.contains(std::ptr::null()));
+    assert!(!a.contains(usize::MAX as *const u8));
+    // The header area of the arena's own SuperSlab is not a block region.
+    let base = (small.0.as_ptr() as usize) & !(MIB - 1);
+    assert!(!a.contains(base as *const u8));
+    // Freed huge blocks are gone from the arena.
+    free(&a, huge);
+    assert!(!a.contains(h));
+    free(&a, small);
+    free(&a, span);
+    free(&other, theirs);
+}
