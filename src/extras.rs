@@ -112,4 +112,42 @@ impl SmallMidArena {
                 .any(|ss| ss.as_ptr() as usize == base);
         in_superslab || crate::large::huge_contains(&pool, addr)
     }
+
+    /// Pre-reserves capacity: grows the arena until its SuperSlabs hold at
+    /// least `bytes` (rounded up to whole 1 MiB SuperSlabs), so that the
+    /// allocations that fill them make no system call. Already held
+    /// SuperSlabs count (used or not); huge blocks do not. The reserve
+    /// counts against the memory limit.
+    ///
+    /// Fully free SuperSlabs past one spare are handed to the process-wide
+    /// warm cache when freed again, or when a limit needs room: a reserve
+    /// serves the arena's first allocations, it is not pinned.
+    ///
+    /// # Errors
+    /// `AllocError` if the reserve would pass the memory limit (nothing is
+    /// reserved then) or the OS refuses memory.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::new();
+    /// arena.reserve(4 << 20).unwrap();
+    /// assert_eq!(arena.stats().superslabs, 4);
+    /// let limited = smallmid::SmallMidArena::builder().memory_limit(2 << 20).build();
+    /// assert!(limited.reserve(3 << 20).is_err());
+    /// ```
+    pub fn reserve(&self, bytes: usize) -> Result<(), AllocError> {
+        let want = bytes.div_ceil(SUPERSLAB_SIZE);
+        let mut pool = lock(&self.state().pool);
+        let Some(more) = want.checked_sub(pool.superslabs).filter(|&m| m > 0) else {
+            return Ok(());
+        };
+        let extra = more.checked_mul(SUPERSLAB_SIZE).ok_or(AllocError)?;
+        if !pool.fits(extra) {
+            return Err(AllocError);
+        }
+        for _ in 0..more {
+            pool.grow().ok_or(AllocError)?;
+        }
+        Ok(())
+    }
 }

@@ -163,3 +163,51 @@ fn contains_own_blocks_only() {
     free(&a, span);
     free(&other, theirs);
 }
+
+#[test]
+fn reserve_takes_the_system_calls_up_front() {
+    let _g = serial();
+    let a = SmallMidArena::new();
+    a.reserve(8 * MIB - 1).unwrap();
+    assert_eq!(a.stats().superslabs, 8);
+    assert_eq!(a.allocated_bytes(), 8 * MIB);
+    a.reserve(2 * MIB).unwrap(); // already held
+    a.reserve(0).unwrap();
+    assert_eq!(a.stats().superslabs, 8);
+    let mmaps = smallmid::global_stats().mmaps;
+    // A span in each of 7 SuperSlabs, small blocks in the rest.
+    let spans: Vec<_> = (0..7).map(|_| alloc(&a, SPAN)).collect();
+    let small: Vec<_> = (0..1000).map(|i| alloc(&a, 256 + i % 700)).collect();
+    assert_eq!(smallmid::global_stats().mmaps, mmaps, "no new mapping");
+    assert_eq!(a.stats().superslabs, 8, "no growth");
+    for b in spans.into_iter().chain(small) {
+        free(&a, b);
+    }
+    assert!(a.reserve(usize::MAX).is_err());
+}
+
+#[test]
+fn reserve_stays_within_the_limit() {
+    let _g = serial();
+    let a = SmallMidArena::builder().memory_limit(4 * MIB).build();
+    assert!(a.reserve(5 * MIB).is_err());
+    assert_eq!(a.stats().superslabs, 1, "nothing reserved on refusal");
+    a.reserve(4 * MIB).unwrap();
+    assert_eq!(a.allocated_bytes(), 4 * MIB);
+    let spans: Vec<_> = (0..4).map(|_| alloc(&a, SPAN)).collect();
+    assert!(a
+        .allocate(Layout::from_size_align(SPAN, 8).unwrap())
+        .is_err());
+    for s in spans {
+        free(&a, s);
+    }
+    // A lower limit takes the unused reserve back.
+    a.set_memory_limit(2 * MIB).unwrap();
+    assert!(a.allocated_bytes() <= 2 * MIB);
+    // So does a huge block that needs the room.
+    a.set_memory_limit(4 * MIB).unwrap();
+    a.reserve(4 * MIB).unwrap();
+    let huge = alloc(&a, 2 * MIB);
+    assert!(a.allocated_bytes() <= 4 * MIB);
+    free(&a, huge);
+}
