@@ -10,7 +10,9 @@
 //! Each (workload, allocator, repetition) runs in a fresh child process, so
 //! peak RSS and page faults belong to that run alone. Printed: median ns per
 //! op, M ops/s, the ratio to the workload's reference peer, median peak RSS,
-//! and minor page faults per million ops after a warm-up round.
+//! and minor page faults per million ops after a warm-up round; then
+//! writes a chart of the table (ns/op relative to the reference peer, and
+//! peak RSS, per workload and allocator) to `target/compare.svg`.
 
 use allocator_api2::alloc::{AllocError, Allocator, Global};
 use allocator_api2::vec::Vec as AVec;
@@ -779,6 +781,7 @@ fn main() {
         }
         eprintln!("  repetition {} of {reps} done", rep + 1);
     }
+    let mut rows = Vec::new();
     println!(
         "| workload | allocator | ns/op | M ops/s | vs ref | peak RSS MiB | minor faults / M ops |"
     );
@@ -808,6 +811,142 @@ fn main() {
                 median(&s.rss_kb) / 1024.0,
                 median(&s.faults_per_mop)
             );
+            rows.push(Row {
+                workload: w,
+                peer: p,
+                rel: ns / ref_ns,
+                rss_mib: median(&s.rss_kb) / 1024.0,
+            });
         }
     }
+    if rows.is_empty() {
+        return;
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/compare.svg");
+    match chart(&rows, &path) {
+        Ok(()) => eprintln!("chart: {}", path.display()),
+        Err(e) => eprintln!("chart: cannot write {}: {e}", path.display()),
+    }
+}
+
+// ---------------------------------------------------------------- chart
+
+/// One line of the results table, as charted.
+struct Row {
+    workload: &'static str,
+    peer: &'static str,
+    /// ns/op divided by the workload's reference peer's.
+    rel: f64,
+    rss_mib: f64,
+}
+
+/// Grouped bars per workload, one colour per allocator: ns/op relative to
+/// the workload's reference peer (log scale, the reference is 1), and peak
+/// RSS. SVG only: plotters' SVG backend writes text as `<text>`, so no font
+/// files are needed.
+fn chart(rows: &[Row], path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let mut workloads: Vec<&str> = Vec::new();
+    let mut peers: Vec<&str> = Vec::new();
+    for r in rows {
+        if !workloads.contains(&r.workload) {
+            workloads.push(r.workload);
+        }
+        if !peers.contains(&r.peer) {
+            peers.push(r.peer);
+        }
+    }
+    let nw = workloads.len();
+    // Bar of `r`: its slot among its workload's charted peers.
+    let span = |r: &Row| -> (f64, f64) {
+        let wi = workloads.iter().position(|w| *w == r.workload).unwrap();
+        let mine: Vec<&str> = rows
+            .iter()
+            .filter(|x| x.workload == r.workload)
+            .map(|x| x.peer)
+            .collect();
+        let j = mine.iter().position(|p| *p == r.peer).unwrap() as f64;
+        let width = 0.8 / mine.len() as f64;
+        let x0 = wi as f64 - 0.4 + j * width;
+        (x0, x0 + width * 0.9)
+    };
+    let colour = |p: &str| Palette99::pick(peers.iter().position(|x| *x == p).unwrap());
+    let label = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < nw {
+            workloads[i as usize].to_string()
+        } else {
+            String::new()
+        }
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let root = SVGBackend::new(path, (1200, 900)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(480);
+    let x = -0.5..nw as f64 - 0.5;
+
+    let rels = rows
+        .iter()
+        .map(|r| r.rel)
+        .filter(|v| v.is_finite() && *v > 0.0);
+    let lo = rels.clone().fold(1.0f64, f64::min) / 1.5;
+    let hi = rels.fold(1.0f64, f64::max) * 1.5;
+    let mut c = ChartBuilder::on(&top)
+        .caption(
+            "ns/op relative to the workload's reference peer (log; lower is faster)",
+            ("sans-serif", 20),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x.clone(), (lo..hi).log_scale())?;
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(nw)
+        .x_label_formatter(&label)
+        .y_desc("× reference")
+        .draw()?;
+    for &p in &peers {
+        let col = colour(p);
+        c.draw_series(rows.iter().filter(|r| r.peer == p && r.rel > 0.0).map(|r| {
+            let (x0, x1) = span(r);
+            Rectangle::new([(x0, lo), (x1, r.rel)], col.filled())
+        }))?
+        .label(p)
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], col.filled()));
+    }
+    c.draw_series(std::iter::once(PathElement::new(
+        vec![(-0.5, 1.0), (nw as f64 - 0.5, 1.0)],
+        BLACK,
+    )))?;
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+
+    let rss_hi = rows.iter().map(|r| r.rss_mib).fold(1.0f64, f64::max) * 1.1;
+    let mut c = ChartBuilder::on(&bottom)
+        .caption("peak RSS, MiB (lower is better)", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, 0.0..rss_hi)?;
+    c.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(nw)
+        .x_label_formatter(&label)
+        .y_desc("MiB")
+        .draw()?;
+    for &p in &peers {
+        let col = colour(p);
+        c.draw_series(rows.iter().filter(|r| r.peer == p).map(|r| {
+            let (x0, x1) = span(r);
+            Rectangle::new([(x0, 0.0), (x1, r.rss_mib)], col.filled())
+        }))?;
+    }
+    root.present()?;
+    Ok(())
 }

@@ -329,6 +329,23 @@ impl ArenaState {
     }
 }
 
+/// Whether `addr` lies in the usable bytes of one of `pool`'s huge blocks.
+/// Compares addresses only; O(huge blocks).
+pub(crate) fn huge_contains(pool: &Pool, addr: usize) -> bool {
+    let mut h = pool.huge;
+    while !h.is_null() {
+        // SAFETY: a `&Pool` is only reached through its lock; the list's
+        // headers are live while they are on it.
+        let (base, len, align, next) =
+            unsafe { ((*h).base.as_ptr() as usize, (*h).len, (*h).align, (*h).next) };
+        if addr >= base + align && addr < base + len {
+            return true;
+        }
+        h = next;
+    }
+    false
+}
+
 /// Unmaps every huge block of a pool; used when its arena is dropped.
 ///
 /// # Safety

@@ -17,6 +17,7 @@ mod cache;
 mod central;
 mod checked;
 pub mod collections;
+mod extras;
 mod large;
 mod os;
 mod pool;

@@ -158,7 +158,7 @@ impl Pool {
     }
 
     /// Adds a SuperSlab from the warm cache or the OS, within the limit.
-    fn grow(&mut self) -> Option<*const SuperSlab> {
+    pub(crate) fn grow(&mut self) -> Option<*const SuperSlab> {
         if !self.fits(SUPERSLAB_SIZE) {
             return None;
         }

@@ -1,0 +1,153 @@
+//! Arena-level extras: the memory the arena holds, a runtime memory limit,
+//! address ownership and pre-reserved capacity.
+
+use crate::arena::SmallMidArena;
+use crate::superslab::{META, SUPERSLAB_SIZE};
+use crate::sync::{lock, Ordering};
+use allocator_api2::alloc::AllocError;
+
+impl SmallMidArena {
+    /// Bytes this arena holds from the OS right now: its SuperSlabs (1 MiB
+    /// each, used or not) plus its huge blocks' mappings. O(1): one pool
+    /// lock, no walk over threads or slabs.
+    ///
+    /// This is what the memory limit counts ([`Stats::bytes_held`]), not
+    /// what is allocated: [`Stats::bytes_in_use`] sums the live blocks (at
+    /// their block sizes) and needs a walk over every thread's cache.
+    /// On an arena no thread is changing, `allocated_bytes()` is at least
+    /// `stats().bytes_in_use`; the
+    /// difference is free space in slabs, free slabs and spare SuperSlabs.
+    ///
+    /// [`Stats::bytes_held`]: crate::Stats::bytes_held
+    /// [`Stats::bytes_in_use`]: crate::Stats::bytes_in_use
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::new();
+    /// assert_eq!(arena.allocated_bytes(), 1 << 20); // the home SuperSlab
+    /// let b = arena.alloc([0u8; 300]);
+    /// assert_eq!(arena.allocated_bytes(), 1 << 20); // served from it
+    /// assert_eq!(arena.stats().bytes_in_use, 320);  // one 320-byte block
+    /// # drop(b);
+    /// ```
+    pub fn allocated_bytes(&self) -> usize {
+        lock(&self.state().pool).held_bytes()
+    }
+
+    /// Changes the memory limit at run time (bumpalo's
+    /// `set_allocation_limit`); `usize::MAX` removes it.
+    ///
+    /// If the arena holds more than `bytes`, the calling thread's front
+    /// cache is flushed and fully free SuperSlabs are given back first;
+    /// if it still holds more, nothing changes and the result is an error.
+    ///
+    /// # Errors
+    /// `AllocError` if `bytes` is below one SuperSlab (1 MiB), or if the
+    /// arena's live memory does not fit in `bytes`; the old limit stays.
+    ///
+    /// # Example
+    /// ```
+    /// use allocator_api2::alloc::{Allocator, Layout};
+    /// let arena = smallmid::SmallMidArena::new();
+    /// arena.set_memory_limit(2 << 20).unwrap();
+    /// assert_eq!(arena.memory_limit(), 2 << 20);
+    /// assert!(arena.allocate(Layout::new::<[u8; 4 << 20]>()).is_err());
+    /// assert!(arena.set_memory_limit(1000).is_err()); // below 1 MiB
+    /// arena.set_memory_limit(usize::MAX).unwrap();    // no limit
+    /// assert!(arena.allocate(Layout::new::<[u8; 4 << 20]>()).is_ok());
+    /// ```
+    pub fn set_memory_limit(&self, bytes: usize) -> Result<(), AllocError> {
+        if bytes < SUPERSLAB_SIZE {
+            return Err(AllocError);
+        }
+        let st = self.state();
+        if bytes != usize::MAX && lock(&st.pool).held_bytes() > bytes {
+            // Blocks this thread caches keep their slabs busy: return them
+            // (takes class locks and the pool lock, so not under it).
+            self.flush_thread_cache();
+        }
+        let limit = if bytes == usize::MAX {
+            u64::MAX
+        } else {
+            bytes as u64
+        };
+        let mut pool = lock(&st.pool);
+        if pool.held_bytes() > bytes {
+            pool.release_free_superslabs();
+            if pool.held_bytes() > bytes {
+                return Err(AllocError);
+            }
+        }
+        // The limit is read under the pool lock: stored under it, no
+        // allocation sees the new value with the old holdings.
+        st.limit.store(limit, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether `ptr` points into memory this arena holds for blocks: one of
+    /// its SuperSlabs past the header area, or one of its huge blocks (like
+    /// mimalloc's `mi_heap_contains_block`). Any address may be passed:
+    /// only addresses are compared, nothing at `ptr` is read.
+    ///
+    /// `true` does not mean a live block starts at `ptr` (free space of the
+    /// arena counts too). Cost: O(SuperSlabs + huge blocks), under the pool
+    /// lock: not for a hot path.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::new();
+    /// let b = arena.alloc([0u8; 300]);
+    /// assert!(arena.contains(b.as_ptr()));
+    /// let x = Box::new(0u8);
+    /// assert!(!arena.contains(&*x as *const u8));
+    /// ```
+    pub fn contains(&self, ptr: *const u8) -> bool {
+        let addr = ptr as usize;
+        let pool = lock(&self.state().pool);
+        let base = addr & !(SUPERSLAB_SIZE - 1);
+        let in_superslab = addr - base >= META
+            && pool
+                .all_superslabs()
+                .iter()
+                .any(|ss| ss.as_ptr() as usize == base);
+        in_superslab || crate::large::huge_contains(&pool, addr)
+    }
+
+    /// Pre-reserves capacity: grows the arena until its SuperSlabs hold at
+    /// least `bytes` (rounded up to whole 1 MiB SuperSlabs), so that the
+    /// allocations that fill them make no system call. Already held
+    /// SuperSlabs count (used or not); huge blocks do not. The reserve
+    /// counts against the memory limit.
+    ///
+    /// Fully free SuperSlabs past one spare are handed to the process-wide
+    /// warm cache when freed again, or when a limit needs room: a reserve
+    /// serves the arena's first allocations, it is not pinned.
+    ///
+    /// # Errors
+    /// `AllocError` if the reserve would pass the memory limit (nothing is
+    /// reserved then) or the OS refuses memory.
+    ///
+    /// # Example
+    /// ```
+    /// let arena = smallmid::SmallMidArena::new();
+    /// arena.reserve(4 << 20).unwrap();
+    /// assert_eq!(arena.stats().superslabs, 4);
+    /// let limited = smallmid::SmallMidArena::builder().memory_limit(2 << 20).build();
+    /// assert!(limited.reserve(3 << 20).is_err());
+    /// ```
+    pub fn reserve(&self, bytes: usize) -> Result<(), AllocError> {
+        let want = bytes.div_ceil(SUPERSLAB_SIZE);
+        let mut pool = lock(&self.state().pool);
+        let Some(more) = want.checked_sub(pool.superslabs).filter(|&m| m > 0) else {
+            return Ok(());
+        };
+        let extra = more.checked_mul(SUPERSLAB_SIZE).ok_or(AllocError)?;
+        if !pool.fits(extra) {
+            return Err(AllocError);
+        }
+        for _ in 0..more {
+            pool.grow().ok_or(AllocError)?;
+        }
+        Ok(())
+    }
+}
