@@ -349,7 +349,15 @@ impl ArenaState {
             // thread's cache attached.
             // SAFETY: a spare: reset, no handle, nobody else holds it.
             unsafe { (*left).park_own() };
-            if Spares::give(left) {
+            // Spares wait there without decay (unlike the warm cache), so
+            // they go with no free SuperSlab and within a budget.
+            let superslabs = {
+                // SAFETY: as above.
+                let mut pool = lock(unsafe { &(*left).pool });
+                pool.release_free_superslabs();
+                pool.superslabs
+            };
+            if Spares::give(left, superslabs) {
                 return;
             }
             // SAFETY: a spare has no handle; nobody else holds it.
@@ -726,12 +734,18 @@ impl Builder {
 /// Spare arenas any thread may take, for flows where arenas are made on
 /// one thread and dropped on another (requests hopping threads): sharded
 /// by thread index, taken with `try_lock`, so no process-wide lock sits on
-/// the path and a busy shard is skipped, not waited for.
+/// the path and a busy shard is skipped, not waited for. Each shard holds at
+/// most [`SHARD_SUPERSLABS`] SuperSlabs, so the spares hold at most 256 MiB
+/// of address space (and the pages those arenas touched) until
+/// `trim_warm_cache()`.
 ///
 /// Invariant: each entry is a reset arena with no handle, held nowhere else.
 struct Spares {
     arenas: [*mut ArenaState; PER_SHARD],
     n: usize,
+    /// SuperSlabs the arenas hold.
+    superslabs: [usize; PER_SHARD],
+    total: usize,
 }
 
 // SAFETY: the raw pointers are only used under the shard's mutex.
@@ -739,18 +753,22 @@ unsafe impl Send for Spares {}
 
 const SHARDS: usize = 8;
 const PER_SHARD: usize = 16;
+/// SuperSlabs one shard's spares may hold between them.
+const SHARD_SUPERSLABS: usize = 32;
 
 #[cfg(not(loom))]
 static SPARES: [Mutex<Spares>; SHARDS] = [const {
     Mutex::new(Spares {
         arenas: [null_mut(); PER_SHARD],
         n: 0,
+        superslabs: [0; PER_SHARD],
+        total: 0,
     })
 }; SHARDS];
 #[cfg(loom)]
 loom::lazy_static! {
     static ref SPARES: [Mutex<Spares>; SHARDS] = core::array::from_fn(|_| {
-        Mutex::new(Spares { arenas: [null_mut(); PER_SHARD], n: 0 })
+        Mutex::new(Spares { arenas: [null_mut(); PER_SHARD], n: 0, superslabs: [0; PER_SHARD], total: 0 })
     });
 }
 
@@ -759,16 +777,19 @@ impl Spares {
         &SPARES[(thread::current_tid() as usize).wrapping_add(k) % SHARDS]
     }
 
-    /// Keeps `a` for any thread; false if this thread's shard is full.
-    fn give(a: *mut ArenaState) -> bool {
+    /// Keeps `a` (holding `superslabs`) for any thread; false if this
+    /// thread's shard is full.
+    fn give(a: *mut ArenaState, superslabs: usize) -> bool {
         let Some(mut s) = try_lock(Self::shard(0)) else {
             return false;
         };
-        if s.n == PER_SHARD {
+        if s.n == PER_SHARD || s.total + superslabs > SHARD_SUPERSLABS {
             return false;
         }
         let n = s.n;
         s.arenas[n] = a;
+        s.superslabs[n] = superslabs;
+        s.total += superslabs;
         s.n += 1;
         true
     }
@@ -778,6 +799,7 @@ impl Spares {
         (0..SHARDS).find_map(|k| {
             let mut s = try_lock(Self::shard(k))?;
             s.n = s.n.checked_sub(1)?;
+            s.total -= s.superslabs[s.n];
             NonNull::new(s.arenas[s.n])
         })
     }
@@ -790,6 +812,7 @@ impl Spares {
                 s.n -= 1;
                 out.push(s.arenas[s.n]);
             }
+            s.total = 0;
         }
     }
 }
