@@ -303,7 +303,9 @@ impl ArenaState {
     /// Attaches a cache for this thread, unless it cannot have one.
     #[cold]
     fn cache_or_create(&self) -> Option<&ThreadCache> {
-        let rec = thread::current()?;
+        let rec_ptr = thread::current()?;
+        // SAFETY: the thread's own reference keeps its record alive.
+        let rec = unsafe { &*rec_ptr };
         let tid = rec.tid as usize;
         let slot = self.slot(tid, true)?;
         let p = slot.load(Ordering::Relaxed);
@@ -320,7 +322,7 @@ impl ArenaState {
             // SAFETY: an idle (retired: empty, zeroed) or fresh cache.
             unsafe { &*mem }
                 .owner
-                .store(rec as *const ThreadRecord as *mut _, Ordering::Relaxed);
+                .store(rec_ptr as *mut ThreadRecord, Ordering::Relaxed);
             m.attached(tid, true);
             slot.store(mem, Ordering::Release);
             mem

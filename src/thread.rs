@@ -204,10 +204,12 @@ pub(crate) fn current_tid() -> u32 {
     TID.try_with(Cell::get).unwrap_or(DEAD)
 }
 
-/// This thread's index and record, assigning them on first use; `None`
-/// for threads that cannot have caches (exiting, or past [`MAX_TIDS`]).
+/// This thread's record (the pointer `Box::into_raw` made, so whoever drops
+/// the last reference may free it through it), assigning an index and
+/// record on first use; `None` for threads that cannot have caches
+/// (exiting, or past [`MAX_TIDS`]).
 #[cold]
-pub(crate) fn current() -> Option<&'static ThreadRecord> {
+pub(crate) fn current() -> Option<*const ThreadRecord> {
     let tid = current_tid();
     if tid == DEAD {
         return None;
@@ -216,7 +218,7 @@ pub(crate) fn current() -> Option<&'static ThreadRecord> {
     if !rec.is_null() {
         // SAFETY: the thread's own reference keeps it alive while it runs.
         let r = unsafe { &*rec };
-        return ((r.tid as usize) < MAX_TIDS).then_some(r);
+        return ((r.tid as usize) < MAX_TIDS).then_some(rec);
     }
     let tid = acquire_tid();
     let rec = Box::into_raw(Box::new(ThreadRecord {
@@ -232,9 +234,7 @@ pub(crate) fn current() -> Option<&'static ThreadRecord> {
         return None;
     }
     let _ = TID.try_with(|t| t.set(tid));
-    // SAFETY: as above.
-    let r = unsafe { &*rec };
-    ((tid as usize) < MAX_TIDS).then_some(r)
+    ((tid as usize) < MAX_TIDS).then_some(rec)
 }
 
 /// Swaps this thread's spare arena for `new` (null to take it). Returns
