@@ -13,6 +13,24 @@ mod imp {
     extern "C" {
         fn __asan_poison_memory_region(addr: *const u8, size: usize);
         fn __asan_unpoison_memory_region(addr: *const u8, size: usize);
+        fn __lsan_register_root_region(addr: *const u8, size: usize);
+        fn __lsan_unregister_root_region(addr: *const u8, size: usize);
+    }
+
+    /// Lets LeakSanitizer scan a mapping of ours for pointers: arena state
+    /// (caches, counters on the heap) and user blocks live there, so what
+    /// they point to is reachable, not leaked.
+    #[inline]
+    pub(crate) fn register_root(p: *const u8, len: usize) {
+        // SAFETY: LSan only records the range to scan.
+        unsafe { __lsan_register_root_region(p, len) }
+    }
+
+    /// Undoes [`register_root`] with the same range.
+    #[inline]
+    pub(crate) fn unregister_root(p: *const u8, len: usize) {
+        // SAFETY: LSan only forgets the range.
+        unsafe { __lsan_unregister_root_region(p, len) }
     }
 
     #[inline]
@@ -31,12 +49,16 @@ mod imp {
 #[cfg(not(smallmid_asan))]
 mod imp {
     #[inline(always)]
+    pub(crate) fn register_root(_: *const u8, _: usize) {}
+    #[inline(always)]
+    pub(crate) fn unregister_root(_: *const u8, _: usize) {}
+    #[inline(always)]
     pub(crate) fn poison(_: *const u8, _: usize) {}
     #[inline(always)]
     pub(crate) fn unpoison(_: *const u8, _: usize) {}
 }
 
-pub(crate) use imp::{poison, unpoison};
+pub(crate) use imp::{poison, register_root, unpoison, unregister_root};
 
 /// Bytes of a free block the engine keeps readable: its free-list link.
 pub(crate) const LINK: usize = 8;

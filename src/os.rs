@@ -98,6 +98,7 @@ fn map_with(len: usize, align: usize, noreserve: bool) -> Option<NonNull<u8>> {
     let p = imp::map(len, align, noreserve)?;
     MAPS.fetch_add(1, Ordering::Relaxed);
     let _ = p.as_ptr().expose_provenance();
+    crate::asan::register_root(p.as_ptr(), len);
     Some(p)
 }
 
@@ -109,6 +110,7 @@ fn map_with(len: usize, align: usize, noreserve: bool) -> Option<NonNull<u8>> {
 /// used afterwards and not unmapped before.
 pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize, align: usize) {
     UNMAPS.fetch_add(1, Ordering::Relaxed);
+    crate::asan::unregister_root(ptr.as_ptr(), len);
     // SAFETY: forwarded contract.
     unsafe { imp::unmap(ptr, len, align) }
 }
@@ -152,6 +154,8 @@ pub(crate) unsafe fn remap(
     // SAFETY: forwarded contract.
     let p = unsafe { imp::remap(ptr, old_len, new_len, may_move)? };
     let _ = p.as_ptr().expose_provenance();
+    crate::asan::unregister_root(ptr.as_ptr(), old_len);
+    crate::asan::register_root(p.as_ptr(), new_len);
     Some(p)
 }
 
