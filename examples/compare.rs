@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --example compare            # 5 repetitions
 //! cargo run --release --example compare -- --reps 3 --scale 0.2
+//! cargo run --release --example compare -- --only shared --threads 32   # a bigger machine
 //! ```
 //!
 //! Each (workload, allocator, repetition) runs in a fresh child process, so
