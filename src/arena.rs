@@ -434,16 +434,17 @@ impl ArenaState {
         // Caches that keep one whole slab per class they used: the calling
         // thread's, and idle ones whose threads may come back (a request
         // hopping threads); each with the classes it still wants.
-        let mut takers: SmallVec<[(&ThreadCache, u64); 4]> = SmallVec::new();
+        // Each also gets a mixed slab back if it had one.
+        let mut takers: SmallVec<[(&ThreadCache, u64, bool); 4]> = SmallVec::new();
         if let Some(c) = self.own_cache() {
             // SAFETY: our own cache.
-            let used = unsafe { c.with(|i| i.clear()) };
+            let (mix, used) = unsafe { c.with(|i| (i.had_mixed(), i.clear())) };
             let mut t = used;
             while t != 0 {
                 c.counters[t.trailing_zeros() as usize].take();
                 t &= t - 1;
             }
-            takers.push((c, used));
+            takers.push((c, used, mix));
         }
         {
             let mut m = lock(&self.members);
@@ -452,9 +453,14 @@ impl ArenaState {
                 // SAFETY: idle caches are the arena's, used by nobody.
                 let c = unsafe { &*p };
                 // SAFETY: as above.
-                let want = unsafe { c.with(|i| i.clear() | core::mem::take(&mut i.want)) };
-                if want != 0 {
-                    takers.push((c, want));
+                let (want, mix) = unsafe {
+                    c.with(|i| {
+                        let mix = i.had_mixed() | core::mem::take(&mut i.want_mix);
+                        (i.clear() | core::mem::take(&mut i.want), mix)
+                    })
+                };
+                if want != 0 || mix {
+                    takers.push((c, want, mix));
                 }
             }
         }
@@ -470,6 +476,7 @@ impl ArenaState {
         let mut pool = lock(&self.pool);
         // SAFETY: no huge block is used again (contract).
         unsafe { large::unmap_all_huge(&mut pool) };
+        pool.mixed = 0;
         for ss in pool.all_superslabs() {
             let ss = ss.as_ptr() as *const SuperSlab;
             // SAFETY: pool lock held.
@@ -509,12 +516,32 @@ impl ArenaState {
                             release.push((ss, idx, true));
                             None
                         }
+                        Use::Mixed => {
+                            let (start, end) = (s.bump, s.end);
+                            crate::asan::poison(start, end as usize - start as usize);
+                            match takers.iter_mut().find(|t| t.2) {
+                                Some(t) => {
+                                    t.2 = false;
+                                    pool.mixed += 1;
+                                    (*ss).slabs[idx]
+                                        .mixed_init((end as usize - start as usize) as u32);
+                                    // SAFETY: as for the classes' ranges.
+                                    t.0.with(|i| i.set_mixed(start, end));
+                                }
+                                None => {
+                                    s.use_ = Use::Free;
+                                    (*ss).slabs[idx].mixed_clear();
+                                    release.push((ss, idx, false));
+                                }
+                            }
+                            None
+                        }
                         Use::Free | Use::SpanTail => None,
                     })
                 };
                 if let Some((c, start, end)) = give {
                     let t = takers.iter_mut().find(|t| t.1 & (1 << c) != 0);
-                    let (cache, want) = t.expect("a cache wants the class");
+                    let (cache, want, _) = t.expect("a cache wants the class");
                     *want &= !(1 << c);
                     // SAFETY: the calling thread's cache or an idle one.
                     unsafe { cache.with(|i| i.set_range(c, start, end)) };

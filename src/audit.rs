@@ -18,10 +18,14 @@ use crate::sync::lock;
 pub struct Audit {
     /// Slabs per size class.
     per_class: [u32; NUM_CLASSES],
-    /// Slab blocks out of their slabs, with users or in front caches.
+    /// Slab blocks out of their slabs, with users or in front caches
+    /// (blocks of mixed slabs counted once no cache holds their range:
+    /// call `flush_thread_cache` first).
     pub blocks_out: usize,
     /// Slabs serving a size class.
     pub class_slabs: usize,
+    /// Mixed slabs (blocks of many classes, see `crate::slab`).
+    pub mixed_slabs: usize,
     /// Slabs in large spans.
     pub span_slabs: usize,
     /// Free slabs in the pool.
@@ -47,6 +51,7 @@ impl SmallMidArena {
     /// ```
     /// let arena = smallmid::SmallMidArena::new();
     /// let b = arena.alloc(1u64);
+    /// arena.flush_thread_cache(); // counts blocks carved from mixed slabs
     /// assert!(arena.audit().blocks_out >= 1);
     /// drop(b);
     /// arena.flush_thread_cache();
@@ -62,6 +67,7 @@ impl SmallMidArena {
             per_class: [0; NUM_CLASSES],
             blocks_out: 0,
             class_slabs: 0,
+            mixed_slabs: 0,
             span_slabs: 0,
             free_slabs: 0,
             superslabs: pool.superslabs,
@@ -76,9 +82,11 @@ impl SmallMidArena {
             assert!(core::ptr::eq(owner, st), "SuperSlab owned by another arena");
             for idx in 0..SLABS {
                 let free_bit = mask & (1 << idx) != 0;
+                // SAFETY: the header is live.
+                let slab = unsafe { &(*ss).slabs[idx] };
                 // SAFETY: every lock of the arena is held.
                 unsafe {
-                    (*ss).slabs[idx].with(|s| match s.use_ {
+                    slab.with(|s| match s.use_ {
                         Use::Free => a.free_slabs += 1,
                         Use::Class(c) => {
                             assert!(!free_bit, "class slab marked free in the pool");
@@ -94,6 +102,13 @@ impl SmallMidArena {
                             if s.in_partial {
                                 on_lists[c as usize] += 1;
                             }
+                        }
+                        Use::Mixed => {
+                            assert!(!free_bit, "mixed slab marked free in the pool");
+                            // Its count may be 0 already: the thread that
+                            // emptied it waits for the pool lock to free it.
+                            a.mixed_slabs += 1;
+                            a.blocks_out += slab.mixed_blocks() as usize;
                         }
                         Use::SpanHead(_) | Use::SpanTail => {
                             assert!(!free_bit, "span slab marked free in the pool");

@@ -24,8 +24,7 @@
 
 use crate::arena::{ArenaState, Members};
 use crate::size_class::{CACHE_CAP, CLASS_ALIGN, CLASS_SIZE, NUM_CLASSES};
-use crate::slab::SLAB_SIZE;
-use crate::slab::{next_of, set_next, Batch};
+use crate::slab::{next_of, set_next, Batch, MIXED_MAX, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META};
 use crate::sync::{bump, lock, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
 use crate::thread::{self, ThreadRecord};
@@ -63,10 +62,59 @@ pub(crate) struct ClassCache {
     end: *mut u8,
 }
 
+/// Classes carved from a mixed slab (see [`crate::slab`]).
+const MIXED_CLASSES: usize = crate::size_class::index_for_size(MIXED_MAX) + 1;
+/// Their bits in a `touched` mask: a cache with a mixed range has touched
+/// them all, so carving needs no write to the mask.
+const MIXED_MASK: u64 = (1 << MIXED_CLASSES) - 1;
+
+/// What a carve of each class takes from a mixed range: its size and
+/// alignment mask; past [`MIXED_MAX`] a size no range holds, so the
+/// range check refuses it with no other branch.
+const CARVE: [(u32, u32); NUM_CLASSES] = {
+    let mut t = [(0u32, 0u32); NUM_CLASSES];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        t[c] = if c < MIXED_CLASSES {
+            (CLASS_SIZE[c], CLASS_ALIGN[c] - 1)
+        } else {
+            (1 << 24, 0)
+        };
+        c += 1;
+    }
+    t
+};
+
+/// A cache's range of a mixed slab: blocks of any class up to
+/// [`MIXED_MAX`] carved in address order, each at its class's alignment.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mix {
+    start: *mut u8,
+    bump: *mut u8,
+    end: *mut u8,
+    /// Blocks carved since the range was taken or rewound (high 32 bits)
+    /// and bytes skipped to align them (low: out of the slab until the
+    /// range goes back). One word: one add per carve.
+    acct: u64,
+    /// A mixed range was taken since the cache was attached or the arena
+    /// reset: one per cache and epoch, so a mixed slab pinned by a few
+    /// long-lived blocks is never followed by another.
+    taken: bool,
+}
+
+const NO_MIX: Mix = Mix {
+    start: null_mut(),
+    bump: null_mut(),
+    end: null_mut(),
+    acct: 0,
+    taken: false,
+};
+
 /// What a front cache holds (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Inner {
     lists: [ClassCache; NUM_CLASSES],
+    mix: Mix,
     /// Bit `c` set: class `c` went through the slow path, so its counters
     /// may be non-zero (others are zero: retiring and reset skip them).
     touched: u64,
@@ -74,6 +122,8 @@ pub(crate) struct Inner {
     /// which the next reset gives whole slabs to, as for the resetting
     /// thread's own cache.
     pub(crate) want: u64,
+    /// Likewise: it had a mixed range, which the next reset gives back.
+    pub(crate) want_mix: bool,
 }
 
 /// Per-class counters of one cache. Written only by the owning thread (with
@@ -171,8 +221,10 @@ impl ThreadCache {
         ThreadCache {
             inner: UnsafeCell::new(Inner {
                 lists: [EMPTY; NUM_CLASSES],
+                mix: NO_MIX,
                 touched: 0,
                 want: 0,
+                want_mix: false,
             }),
             counters: core::array::from_fn(|_| ClassCounters::default()),
             owner: AtomicPtr::new(null_mut()),
@@ -208,6 +260,41 @@ impl ThreadCache {
 }
 
 impl Inner {
+    /// Carves a block of `class` from the mixed range; null when it has no
+    /// room (or the class is too large for it).
+    ///
+    /// Cost: a table load, an align-up, a compare, a store and an add.
+    #[inline(always)]
+    fn carve(&mut self, class: usize) -> *mut u8 {
+        let (size, mask) = CARVE[class];
+        let m = &mut self.mix;
+        let pad = (m.bump as usize).wrapping_neg() & mask as usize;
+        if m.bump as usize + pad + size as usize > m.end as usize {
+            return null_mut();
+        }
+        let b = m.bump.wrapping_add(pad);
+        m.bump = b.wrapping_add(size as usize);
+        m.acct += (1 << 32) | pad as u64;
+        b
+    }
+
+    /// Gives the cache the mixed range `[start, end)`, whole.
+    pub(crate) fn set_mixed(&mut self, start: *mut u8, end: *mut u8) {
+        self.mix = Mix {
+            start,
+            bump: start,
+            end,
+            acct: 0,
+            taken: true,
+        };
+        self.touched |= MIXED_MASK;
+    }
+
+    /// Whether the cache took a mixed range this epoch.
+    pub(crate) fn had_mixed(&self) -> bool {
+        self.mix.taken
+    }
+
     /// Gives class `class` the uncarved range `[bump, end)`.
     pub(crate) fn set_range(&mut self, class: usize, bump: *mut u8, end: *mut u8) {
         let l = &mut self.lists[class];
@@ -236,12 +323,19 @@ impl Inner {
                 crate::asan::poison(l.bump, len);
             }
         }
+        let m = &mut self.mix;
+        if !m.end.is_null() {
+            m.bump = m.start;
+            m.acct = 0;
+            crate::asan::poison(m.start, m.end as usize - m.start as usize);
+        }
         self.touched
     }
 
     /// Forgets every block (they were freed wholesale) and returns the
     /// touched mask. Untouched classes are empty already.
     pub(crate) fn clear(&mut self) -> u64 {
+        self.mix = NO_MIX;
         let touched = core::mem::take(&mut self.touched);
         let mut t = touched;
         while t != 0 {
@@ -364,6 +458,7 @@ impl ArenaState {
         // SAFETY: as above.
         let touched = unsafe {
             c.with(|i| {
+                i.want_mix = !flush && i.had_mixed();
                 let t = i.clear();
                 i.want = if flush { 0 } else { t };
                 t
@@ -507,7 +602,7 @@ impl ArenaState {
                         l.bump = b.add(CLASS_SIZE[class] as usize);
                         b
                     } else {
-                        null_mut()
+                        i.carve(class)
                     }
                 })
             };
@@ -540,8 +635,24 @@ impl ArenaState {
                     return Some(b);
                 }
                 debug_assert!(l.head.is_null());
+                let b = i.carve(class);
+                if !b.is_null() {
+                    return Some(b);
+                }
                 i.touched |= 1 << class;
-                l.cap = CACHE_CAP[class];
+                i.lists[class].cap = CACHE_CAP[class];
+                if class < MIXED_CLASSES && !i.mix.taken {
+                    // Taken or refused: one try per epoch.
+                    i.mix.taken = true;
+                    if let Some((start, end)) = self.take_mixed() {
+                        bump(&counters.refills, 1);
+                        // A clean arena stays clean: the range is a whole
+                        // slab this cache can rewind.
+                        i.set_mixed(start, end);
+                        return Some(i.carve(class));
+                    }
+                }
+                let l = &mut i.lists[class];
                 let batch = self.refill(class, tid, !l.end.is_null())?;
                 bump(&counters.refills, 1);
                 Some(match batch {
@@ -676,6 +787,9 @@ impl ArenaState {
                     }
                     self.put_range(class, taken.bump, taken.end);
                 }
+                let taken = i.mix.taken;
+                let m = core::mem::replace(&mut i.mix, Mix { taken, ..NO_MIX });
+                self.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
             })
         }
     }

@@ -13,6 +13,7 @@
 //! block comes back leaves the class and returns to the pool at once.
 
 use crate::arena::ArenaState;
+use crate::pool::MAX_MIXED;
 use crate::size_class::{CLASS_ALIGN, CLASS_SIZE};
 use crate::slab::{next_of, set_next, Batch, Slab, SlabState, Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META};
@@ -202,6 +203,12 @@ impl ArenaState {
             // SAFETY: chain members are ours; read the link before reuse.
             head = unsafe { next_of(b) };
             let (ss, idx, slab) = slab_of(b);
+            // SAFETY: `b` lies in a live SuperSlab.
+            if unsafe { (*slab).is_mixed() } {
+                // SAFETY: as above; `b` is out of that mixed slab.
+                unsafe { self.mixed_put(ss, idx, CLASS_SIZE[class], -1) };
+                continue;
+            }
             // SAFETY: class lock held; `b`'s slab serves this class.
             let empty = unsafe {
                 (*slab).with(|s| {
@@ -265,6 +272,71 @@ impl ArenaState {
     }
 }
 
+impl ArenaState {
+    /// Takes a free slab as a mixed slab for a front cache: its whole range
+    /// `[start, end)`. `None` when the arena holds [`MAX_MIXED`] already or
+    /// the pool is out of memory.
+    pub(crate) fn take_mixed(&self) -> Option<(*mut u8, *mut u8)> {
+        let mut pool = lock(&self.pool);
+        if pool.mixed >= MAX_MIXED {
+            return None;
+        }
+        let (ss, idx) = pool.take_slab()?;
+        pool.mixed += 1;
+        // SAFETY: the slab is ours now; a mixed slab's state is the pool
+        // lock's, which we hold.
+        let range = unsafe { (*ss).slabs[idx].with(|s| init_mixed(s, ss, idx)) };
+        // SAFETY: as above.
+        unsafe { (*ss).slabs[idx].mixed_init(range.1 as usize as u32 - range.0 as usize as u32) };
+        Some(range)
+    }
+
+    /// Gives `bytes` back to mixed slab `idx` of `ss`, reporting `blocks`
+    /// carved (see [`Slab::mixed_put`]); the slab goes to the pool when all
+    /// is back.
+    ///
+    /// # Safety
+    /// The bytes and blocks are out of that mixed slab and unused from now.
+    pub(crate) unsafe fn mixed_put(
+        &self,
+        ss: *const SuperSlab,
+        idx: usize,
+        bytes: u32,
+        blocks: i32,
+    ) {
+        // SAFETY: the slab is live while something of it is out.
+        let slab = unsafe { &(*ss).slabs[idx] };
+        if slab.mixed_put(bytes, blocks) {
+            let mut pool = lock(&self.pool);
+            // SAFETY: nothing of the slab is out: we alone reach it; its
+            // state is the pool lock's.
+            unsafe {
+                slab.with(|s| s.use_ = Use::Free);
+                slab.mixed_clear();
+                pool.mixed -= 1;
+                pool.release_slab(ss, idx);
+            }
+        }
+    }
+
+    /// Returns a cache's mixed range: its uncarved `[bump, end)`, the
+    /// padding it carved, and how many blocks it carved.
+    ///
+    /// # Safety
+    /// The range came from [`Self::take_mixed`] (or a reset) and its
+    /// uncarved part is unused.
+    pub(crate) unsafe fn put_mixed(&self, bump: *mut u8, end: *mut u8, pad: u32, carved: u32) {
+        if end.is_null() {
+            return;
+        }
+        self.mark_dirty();
+        let (ss, idx, _) = slab_of(end.wrapping_sub(1));
+        let bytes = (end as usize - bump as usize) as u32 + pad;
+        // SAFETY: forwarded contract.
+        unsafe { self.mixed_put(ss, idx, bytes, carved as i32) };
+    }
+}
+
 /// If the slab is empty, takes it off its class (the caller then gives it
 /// to the pool, outside the slab's borrow). Returns whether it did.
 ///
@@ -282,16 +354,32 @@ unsafe fn leave_class(list: &mut ClassList, s: &mut SlabState) -> bool {
     true
 }
 
-/// Lays out slab `idx` of `ss` for `class`. In slab 0 the blocks start after
-/// the metadata, at the class's alignment.
-fn init_slab(s: &mut SlabState, ss: *const SuperSlab, idx: usize, class: usize) {
+/// Where the blocks of slab `idx` may start: after the metadata in slab 0.
+fn blocks_start(ss: *const SuperSlab, idx: usize, align: usize) -> *mut u8 {
     let slab_start = SuperSlab::slab_start(ss, idx);
-    let size = CLASS_SIZE[class];
-    let align = CLASS_ALIGN[class] as usize;
-    let start = if idx == 0 {
+    if idx == 0 {
         slab_start.wrapping_add(META.next_multiple_of(align))
     } else {
         slab_start
-    };
-    s.init_class(class as u8, size, start, slab_start.wrapping_add(SLAB_SIZE));
+    }
+}
+
+/// Lays out slab `idx` of `ss` as a mixed slab; returns its range.
+fn init_mixed(s: &mut SlabState, ss: *const SuperSlab, idx: usize) -> (*mut u8, *mut u8) {
+    let start = blocks_start(ss, idx, 1);
+    let end = SuperSlab::slab_start(ss, idx).wrapping_add(SLAB_SIZE);
+    s.use_ = Use::Mixed;
+    s.bump = start;
+    s.end = end;
+    s.in_partial = false;
+    crate::asan::poison(start, end as usize - start as usize);
+    (start, end)
+}
+
+/// Lays out slab `idx` of `ss` for `class`. In slab 0 the blocks start after
+/// the metadata, at the class's alignment.
+fn init_slab(s: &mut SlabState, ss: *const SuperSlab, idx: usize, class: usize) {
+    let start = blocks_start(ss, idx, CLASS_ALIGN[class] as usize);
+    let slab_end = SuperSlab::slab_start(ss, idx).wrapping_add(SLAB_SIZE);
+    s.init_class(class as u8, CLASS_SIZE[class], start, slab_end);
 }

@@ -24,6 +24,11 @@ use core::ptr::{null, null_mut, NonNull};
 /// SuperSlabs an arena holds before its next ones come huge-paged.
 const DENSE_SUPERSLABS: usize = 4;
 
+/// Mixed slabs an arena holds at once. Blocks flushed back to a mixed slab
+/// wait for the whole slab, so a few long-lived blocks can pin one: past
+/// this many, classes take slabs of their own.
+pub(crate) const MAX_MIXED: usize = 4;
+
 /// Fully free SuperSlabs an arena keeps before giving them to the warm cache.
 const MAX_SPARE: usize = 1;
 
@@ -35,6 +40,8 @@ pub(crate) struct Pool {
     avail: *const SuperSlab,
     pub(crate) superslabs: usize,
     spare: usize,
+    /// Mixed slabs held (see [`crate::slab`]); at most [`MAX_MIXED`].
+    pub(crate) mixed: usize,
     /// Huge blocks (their own mappings), doubly linked.
     pub(crate) huge: *mut HugeHeader,
     pub(crate) huge_bytes: usize,
@@ -56,6 +63,7 @@ impl Pool {
             avail: null(),
             superslabs: 0,
             spare: 0,
+            mixed: 0,
             huge: null_mut(),
             huge_bytes: 0,
         };

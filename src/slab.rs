@@ -14,12 +14,29 @@
 //! where `used` counts blocks outside the slab: with users, in front caches,
 //! or in a cache's bump range. A slab with `used == 0` is empty and goes back
 //! to the pool, where it may serve another class; nothing is ever stranded.
+//!
+//! A *mixed* slab serves every class up to [`MIXED_MAX`] from one range, in
+//! address order, as a bump allocator does: an arena's first blocks of many
+//! sizes share pages instead of each size taking a page of its own slab.
+//! It is handed whole to one front cache, which carves blocks of any class
+//! from it (each at its class's alignment). Freed blocks serve their class
+//! from the caches' lists; one flushed to the slab is not reused until every
+//! byte of the slab is back, then the slab returns to the pool. Its count
+//! lives outside the lock-protected state (see [`Slab::mixed_put`]), so
+//! flushes of different classes need no common lock:
+//!
+//! `bytes out == capacity - bytes returned` (carved blocks, padding, and a
+//! cache's uncarved range count as out until they come back).
 
-use crate::sync::UnsafeCell;
+use crate::sync::{AtomicU64, Ordering, UnsafeCell};
 use core::ptr::null;
 
 /// Size and alignment of a slab.
 pub(crate) const SLAB_SIZE: usize = 64 << 10;
+
+/// Largest block carved from a mixed slab: the design centre. Larger
+/// classes have few blocks per page anyway and take class slabs.
+pub(crate) const MIXED_MAX: usize = 1024;
 
 /// What a slab is currently used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +49,9 @@ pub(crate) enum Use {
     SpanHead(u8),
     /// A later slab of a large block.
     SpanTail,
+    /// A mixed slab (see the module docs): `bump..end` is its whole range.
+    /// Its state is the pool lock's, its count [`Slab::mixed_put`]'s.
+    Mixed,
 }
 
 /// Reads the free-list link stored in a free block's first bytes.
@@ -89,11 +109,18 @@ pub(crate) struct SlabState {
 #[derive(Debug)]
 pub(crate) struct Slab {
     state: UnsafeCell<SlabState>,
+    /// For a mixed slab: bytes out in the low 32 bits (never 0 while any
+    /// block, padding or range of it is out), and in the high 32 bits the
+    /// carved blocks its caches have reported minus those flushed back
+    /// (mod 2^32: the blocks out once no cache holds its range). 0 for
+    /// every other slab.
+    mixed: AtomicU64,
 }
 
 impl Slab {
     pub(crate) fn new_free() -> Self {
         Slab {
+            mixed: AtomicU64::new(0),
             state: UnsafeCell::new(SlabState {
                 use_: Use::Free,
                 size: 0,
@@ -109,6 +136,53 @@ impl Slab {
                 next: null(),
             }),
         }
+    }
+
+    /// Whether this is a mixed slab. Exact for the slab of a live block:
+    /// that block keeps the count non-zero, and whatever handed it over
+    /// ordered the count's last write (a reset, a release to the pool)
+    /// before this read.
+    #[inline]
+    pub(crate) fn is_mixed(&self) -> bool {
+        self.mixed.load(Ordering::Relaxed) as u32 != 0
+    }
+
+    /// Makes the count of a fresh mixed slab: `bytes`, all out.
+    /// Pool lock held (the slab is in no one else's hands).
+    pub(crate) fn mixed_init(&self, bytes: u32) {
+        self.mixed.store(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Clears the count of a mixed slab leaving its use (pool lock held,
+    /// nothing of it out).
+    pub(crate) fn mixed_clear(&self) {
+        self.mixed.store(0, Ordering::Relaxed);
+    }
+
+    /// Blocks out of a mixed slab (exact when no cache holds its range).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn mixed_blocks(&self) -> u32 {
+        (self.mixed.load(Ordering::Relaxed) >> 32) as u32
+    }
+
+    /// Gives `bytes` back to a mixed slab and reports `blocks` carved (a
+    /// cache returning its range reports its carved blocks; a flushed block
+    /// gives its size and reports -1). True when the slab is now empty:
+    /// the caller, alone with it, gives it to the pool.
+    ///
+    /// # Panics
+    /// If more bytes come back than are out: a double free or a foreign
+    /// block.
+    pub(crate) fn mixed_put(&self, bytes: u32, blocks: i32) -> bool {
+        let delta = ((blocks as i64 as u64) << 32).wrapping_sub(bytes as u64);
+        // AcqRel: the thread that empties the slab sees every other
+        // return's writes to the memory before reusing it.
+        let old = self.mixed.fetch_add(delta, Ordering::AcqRel) as u32;
+        assert!(
+            old >= bytes,
+            "smallmid: a block freed twice, or not from this arena (mixed slab)"
+        );
+        old == bytes
     }
 
     /// Runs `f` on the state.

@@ -68,6 +68,11 @@ const L1K: Layout = match Layout::from_size_align(1000, 8) {
     Ok(l) => l,
     Err(_) => panic!(),
 };
+/// Past the mixed slabs' classes: served by slabs of its own class.
+const L2K: Layout = match Layout::from_size_align(2000, 8) {
+    Ok(l) => l,
+    Err(_) => panic!(),
+};
 
 /// A live block, with its layout and fill byte. Plain data: `Send`.
 #[derive(Debug)]
@@ -114,7 +119,7 @@ fn out(a: &SmallMidArena) -> usize {
 fn remote_free_races_owner_refill() {
     model(|| {
         let arena = Arc::new(SmallMidArena::new());
-        let (b1, b2) = (alloc(&arena, L256, 1), alloc(&arena, L256, 2));
+        let (b1, b2) = (alloc(&arena, L2K, 1), alloc(&arena, L2K, 2));
         let a2 = arena.clone();
         let t = thread::spawn(move || {
             free(&a2, b1);
@@ -122,20 +127,21 @@ fn remote_free_races_owner_refill() {
         });
         free(&arena, b2);
         arena.flush_thread_cache();
-        let b3 = alloc(&arena, L256, 3); // from the slab's list, or fresh
+        let b3 = alloc(&arena, L2K, 3); // from the slab's list, or fresh
         t.join().unwrap();
         assert_eq!(out(&arena), 1, "only b3 is out");
         free(&arena, b3);
         assert_eq!(out(&arena), 0);
         assert_eq!(
-            arena.audit().slabs_for(L256),
+            arena.audit().slabs_for(L2K),
             0,
             "the empty slab went back to the pool"
         );
     });
 }
 
-/// 2. Two remote freers flush into the same slab at once.
+/// 2. Two remote freers flush into the same (mixed) slab at once: the one
+///    that gives its last byte back frees it, exactly once.
 #[test]
 fn two_remote_freers_same_slab() {
     model(|| {
@@ -154,11 +160,7 @@ fn two_remote_freers_same_slab() {
             .collect();
         ts.into_iter().for_each(|t| t.join().unwrap());
         let audit = arena.audit();
-        assert_eq!(
-            (audit.blocks_out, audit.slabs_for(L256)),
-            (0, 0),
-            "{audit:?}"
-        );
+        assert_eq!((audit.blocks_out, audit.mixed_slabs), (0, 0), "{audit:?}");
     });
 }
 
@@ -167,11 +169,11 @@ fn two_remote_freers_same_slab() {
 fn flush_races_refill() {
     model(|| {
         let arena = Arc::new(SmallMidArena::new());
-        let held = vec![alloc(&arena, L256, 1), alloc(&arena, L256, 2)];
+        let held = vec![alloc(&arena, L2K, 1), alloc(&arena, L2K, 2)];
         arena.flush_thread_cache();
         let a2 = arena.clone();
         let t = thread::spawn(move || {
-            let b = alloc(&a2, L256, 9); // refill: list or fresh slab
+            let b = alloc(&a2, L2K, 9); // refill: list or fresh slab
             let addr = b.0;
             free(&a2, b);
             addr
@@ -183,9 +185,9 @@ fn flush_races_refill() {
         let _ = t.join().unwrap();
         eventually(|| out(&arena) == 0); // the thread's exit returns its cache
         let s = arena.stats();
-        let c = s.classes.iter().find(|c| c.size == 256).expect("class 256");
+        let c = s.classes.iter().find(|c| c.size >= 2000).expect("class 2K");
         assert_eq!((c.allocs, c.frees, s.thread_caches), (3, 3, 1), "{s}");
-        assert_eq!(arena.audit().slabs_for(L256), 0, "the empty slab retired");
+        assert_eq!(arena.audit().slabs_for(L2K), 0, "the empty slab retired");
     });
 }
 
@@ -246,8 +248,12 @@ fn thread_exit_races_slot_takeover() {
         assert_eq!((total(|c| c.allocs), total(|c| c.frees)), (2, 2), "{s}");
         let audit = arena.audit();
         assert_eq!(
-            (audit.slabs_for(L256), audit.slabs_for(L1K)),
-            (0, 0),
+            (
+                audit.slabs_for(L256),
+                audit.slabs_for(L1K),
+                audit.mixed_slabs
+            ),
+            (0, 0, 0),
             "{audit:?}"
         );
     });
@@ -293,14 +299,14 @@ fn slab_reassigned_while_last_block_freed() {
             free(&a2, b);
             a2.flush_thread_cache(); // the slab empties and retires
         });
-        let c = alloc(&arena, L1K, 2); // may get the retired slab
+        let c = alloc(&arena, L2K, 2); // may get the retired slab
         t.join().unwrap();
         assert_eq!(out(&arena), 1);
         free(&arena, c);
         assert_eq!(out(&arena), 0);
         let audit = arena.audit();
         assert_eq!(
-            (audit.slabs_for(L256), audit.slabs_for(L1K)),
+            (audit.slabs_for(L2K), audit.mixed_slabs),
             (0, 0),
             "{audit:?}"
         );
@@ -409,7 +415,7 @@ fn audit_races_new_class_slabs() {
         let arena = Arc::new(SmallMidArena::new());
         let a2 = arena.clone();
         let t = thread::spawn(move || {
-            let x = alloc(&a2, L256, 1); // a fresh slab, laid out now
+            let x = alloc(&a2, L2K, 1); // a fresh slab, laid out now
             free(&a2, x);
             a2.flush_thread_cache();
         });
@@ -476,5 +482,29 @@ fn warm_trim_races_create_and_drop() {
             "{g}"
         );
         free(&c, y);
+    });
+}
+
+/// 14. A cache returning its mixed range races another thread flushing a
+///     block of that range, and an audit: the slab's count reaches zero
+///     once, and whoever brings it there frees the slab.
+#[test]
+fn mixed_range_return_races_remote_flush() {
+    model_bounded(3, || {
+        let arena = Arc::new(SmallMidArena::new());
+        let (b1, b2) = (alloc(&arena, L256, 1), alloc(&arena, L1K, 2));
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            free(&a2, b1);
+            a2.flush_thread_cache();
+        });
+        free(&arena, b2);
+        arena.flush_thread_cache(); // the range goes back
+        let mid = arena.audit();
+        assert!(mid.mixed_slabs <= 1 && mid.blocks_out <= 1, "{mid:?}");
+        t.join().unwrap();
+        let audit = arena.audit();
+        assert_eq!((audit.blocks_out, audit.mixed_slabs), (0, 0), "{audit:?}");
+        assert_eq!(arena.stats().superslabs, 1);
     });
 }

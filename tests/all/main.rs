@@ -3,6 +3,7 @@
 mod boxed;
 mod collections;
 mod limits;
+mod mixed;
 mod model;
 mod recycle;
 mod review;

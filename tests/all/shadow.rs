@@ -101,6 +101,11 @@ impl Shadow {
         self.blocks.values().filter(|b| f(&b.layout)).count()
     }
 
+    /// Start addresses of the live blocks, in order.
+    pub fn addresses(&self) -> Vec<usize> {
+        self.blocks.keys().copied().collect()
+    }
+
     pub fn verify_all(&self) {
         self.blocks.values().for_each(|b| self.verify(b));
     }
