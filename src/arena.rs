@@ -555,7 +555,7 @@ impl ArenaState {
             // SAFETY: every block is free; the slab or span is unused.
             unsafe {
                 if span {
-                    pool.release_span(ss, idx);
+                    pool.release_span(ss, idx, false);
                 } else {
                     pool.release_slab(ss, idx);
                 }
@@ -639,6 +639,7 @@ impl ArenaState {
             let superslabs = {
                 let mut pool = lock(&a.pool);
                 large::unmap_all_huge(&mut pool);
+                pool.forget_all_resident();
                 pool.all_superslabs()
             };
             core::ptr::drop_in_place(state);

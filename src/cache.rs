@@ -504,8 +504,12 @@ impl ArenaState {
     /// `m` is this arena's members lock; `tid` is the caller's index.
     pub(crate) unsafe fn retire_own(&self, m: &mut Members, tid: u32) -> bool {
         match self.slot(tid as usize, false) {
-            // SAFETY: the caller owns the cache in its own slot.
-            Some(slot) => unsafe { self.retire(m, slot, tid, true) }.is_some(),
+            Some(slot) => {
+                // SAFETY: the caller owns the cache in its own slot.
+                let had = unsafe { self.retire(m, slot, tid, true) }.is_some();
+                lock(&self.pool).trim_resident();
+                had
+            }
             None => false,
         }
     }

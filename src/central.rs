@@ -227,7 +227,7 @@ impl ArenaState {
             };
             if empty {
                 // SAFETY: the slab is empty and marked free.
-                unsafe { lock(&self.pool).release_slab(ss, idx) };
+                unsafe { lock(&self.pool).release_emptied_slab(ss, idx) };
             }
         }
         cross
@@ -267,7 +267,7 @@ impl ArenaState {
         };
         if empty {
             // SAFETY: the slab is empty and marked free.
-            unsafe { lock(&self.pool).release_slab(ss, idx) };
+            unsafe { lock(&self.pool).release_emptied_slab(ss, idx) };
         }
     }
 }
@@ -314,7 +314,7 @@ impl ArenaState {
                 slab.with(|s| s.use_ = Use::Free);
                 slab.mixed_clear();
                 pool.mixed -= 1;
-                pool.release_slab(ss, idx);
+                pool.release_emptied_slab(ss, idx);
             }
         }
     }

@@ -181,7 +181,7 @@ impl ArenaState {
             Kind::Span { .. } => {
                 let (ss, idx) = (SuperSlab::of(addr), SuperSlab::slab_index(addr));
                 // SAFETY: per contract the span is ours and unused now.
-                let slabs = unsafe { lock(&self.pool).release_span(ss, idx) };
+                let slabs = unsafe { lock(&self.pool).release_span(ss, idx, true) };
                 self.count_large_free(slabs * SLAB_SIZE);
             }
             Kind::Huge => {

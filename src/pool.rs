@@ -11,13 +11,27 @@
 //! - every SuperSlab of the arena is on the `all` list, `superslabs` long;
 //! - a SuperSlab is on the `avail` list iff its `free_mask != 0`;
 //! - `spare` counts non-home SuperSlabs with `free_mask == ALL_FREE`;
-//! - `held_bytes() <= limit` (the arena's `limit`).
+//! - `held_bytes() <= limit` (the arena's `limit`);
+//! - `resident` is the number of bits set in the SuperSlabs' `resident`
+//!   masks, each of which is also set in `free_mask`, and the process-wide
+//!   [`RESIDENT_FREE`] is the sum of every live pool's `resident`.
+//!
+//! Returning memory: a slab emptied while the arena lives (its class's
+//! last block back, a large block freed) stays resident, so the next class
+//! takes it warm, until the process holds more than
+//! [`MAX_RESIDENT_FREE`] such slabs; then an arena emptying one while it
+//! holds more than [`KEEP_RESIDENT`], or one a thread leaves (its exit
+//! flushes its cache), decommits all of its own (`MADV_DONTNEED`, one call
+//! per run of adjacent slabs). Taking a slab prefers a resident one. Slabs
+//! freed by a reset stay warm: a recycled arena's next request needs them.
 
 use crate::arena::ArenaState;
 use crate::large::HugeHeader;
+use crate::os;
 use crate::slab::Use;
-use crate::superslab::{SuperSlab, ALL_FREE, SLABS, SUPERSLAB_SIZE};
-use crate::sync::Ordering;
+use crate::slab::SLAB_SIZE;
+use crate::superslab::{SuperSlab, ALL_FREE, META, SLABS, SUPERSLAB_SIZE};
+use crate::sync::{global, AtomicU64, Ordering};
 use crate::warm;
 use core::ptr::{null, null_mut, NonNull};
 
@@ -28,6 +42,25 @@ const DENSE_SUPERSLABS: usize = 4;
 /// wait for the whole slab, so a few long-lived blocks can pin one: past
 /// this many, classes take slabs of their own.
 pub(crate) const MAX_MIXED: usize = 4;
+
+/// Emptied slabs of live arenas that may stay resident, process-wide: 16 MiB
+/// (the pages a slab's blocks reached: often much less).
+const MAX_RESIDENT_FREE: u64 = 256;
+
+/// Emptied slabs an arena in use keeps resident past that bound: a
+/// producer/consumer pair empties and retakes slabs all the time, and
+/// decommitting them would fault them in again at once.
+const KEEP_RESIDENT: u64 = 16;
+
+global! {
+    /// Emptied, maybe resident slabs of all live arenas (see the module docs).
+    static RESIDENT_FREE: AtomicU64 = AtomicU64::new(0);
+}
+
+/// Emptied slabs of live arenas that may be resident, process-wide.
+pub(crate) fn resident_free_slabs() -> u64 {
+    RESIDENT_FREE.load(Ordering::Relaxed)
+}
 
 /// Fully free SuperSlabs an arena keeps before giving them to the warm cache.
 const MAX_SPARE: usize = 1;
@@ -42,6 +75,8 @@ pub(crate) struct Pool {
     spare: usize,
     /// Mixed slabs held (see [`crate::slab`]); at most [`MAX_MIXED`].
     pub(crate) mixed: usize,
+    /// Emptied slabs that may be resident (see the module docs).
+    resident: u64,
     /// Huge blocks (their own mappings), doubly linked.
     pub(crate) huge: *mut HugeHeader,
     pub(crate) huge_bytes: usize,
@@ -64,6 +99,7 @@ impl Pool {
             superslabs: 0,
             spare: 0,
             mixed: 0,
+            resident: 0,
             huge: null_mut(),
             huge_bytes: 0,
         };
@@ -147,6 +183,9 @@ impl Pool {
     /// # Safety
     /// `ss` is live, ours, fully free, not home.
     unsafe fn unlink(&mut self, ss: *const SuperSlab) {
+        // SAFETY: pool lock held.
+        let bits = unsafe { SuperSlab::links(ss, |l| core::mem::take(&mut l.resident)) };
+        self.forget_resident(bits.count_ones() as u64);
         // SAFETY: pool lock held; neighbours are live members of the list.
         unsafe {
             if SuperSlab::links(ss, |l| l.in_avail) {
@@ -192,7 +231,15 @@ impl Pool {
             self.spare -= 1;
         }
         // SAFETY: pool lock held.
-        unsafe { SuperSlab::links(ss, |l| l.free_mask = mask & !bits) };
+        let warm = unsafe {
+            SuperSlab::links(ss, |l| {
+                l.free_mask = mask & !bits;
+                let warm = l.resident & bits;
+                l.resident &= !bits;
+                warm
+            })
+        };
+        self.forget_resident(warm.count_ones() as u64);
         if mask & !bits == 0 {
             // SAFETY: it had free slabs, so it is on the avail list.
             unsafe { self.avail_remove(ss) };
@@ -200,11 +247,12 @@ impl Pool {
     }
 
     /// Sets `bits` in `ss`'s free mask; a SuperSlab that becomes fully free
-    /// is kept as a spare or given to the warm cache.
+    /// is kept as a spare or given to the warm cache. Whether the arena
+    /// kept it.
     ///
     /// # Safety
     /// `ss` is live and ours; the slabs of `bits` are no longer used.
-    unsafe fn unclaim(&mut self, ss: *const SuperSlab, bits: u16) {
+    unsafe fn unclaim(&mut self, ss: *const SuperSlab, bits: u16) -> bool {
         // SAFETY: pool lock held.
         let mask = unsafe {
             SuperSlab::links(ss, |l| {
@@ -227,8 +275,76 @@ impl Pool {
                     self.unlink(ss);
                     warm::release(&[NonNull::new_unchecked(ss as *mut u8)]);
                 }
+                return false;
             }
         }
+        true
+    }
+
+    /// Notes `bits` of `ss`, just given back by [`Self::unclaim`], as
+    /// emptied and resident; past the process-wide bound, decommits every
+    /// such slab of this arena.
+    ///
+    /// # Safety
+    /// As for [`Self::unclaim`], which returned `kept`.
+    unsafe fn emptied(&mut self, ss: *const SuperSlab, bits: u16, kept: bool) {
+        if !kept || !crate::os::CAN_DECOMMIT {
+            return;
+        }
+        // SAFETY: pool lock held; the SuperSlab is still ours.
+        unsafe { SuperSlab::links(ss, |l| l.resident |= bits) };
+        let n = bits.count_ones() as u64;
+        self.resident += n;
+        if RESIDENT_FREE.fetch_add(n, Ordering::Relaxed) + n > MAX_RESIDENT_FREE
+            && self.resident > KEEP_RESIDENT
+        {
+            self.decommit_resident();
+        }
+    }
+
+    /// A thread left the arena: past the process-wide bound, decommits
+    /// every emptied slab it holds.
+    pub(crate) fn trim_resident(&mut self) {
+        if self.resident > 0 && RESIDENT_FREE.load(Ordering::Relaxed) > MAX_RESIDENT_FREE {
+            self.decommit_resident();
+        }
+    }
+
+    /// Decommits every emptied, resident slab of this arena.
+    fn decommit_resident(&mut self) {
+        let mut ss = self.all;
+        while !ss.is_null() {
+            // SAFETY: pool lock held; list members are live.
+            let (mut bits, next) =
+                unsafe { SuperSlab::links(ss, |l| (core::mem::take(&mut l.resident), l.all_next)) };
+            self.forget_resident(bits.count_ones() as u64);
+            while bits != 0 {
+                let first = bits.trailing_zeros() as usize;
+                let run = (bits >> first).trailing_ones() as usize;
+                bits &= !((((1u32 << run) - 1) as u16) << first);
+                // Slab 0 keeps the header (and the home's arena state).
+                let skip = if first == 0 { META } else { 0 };
+                let start = SuperSlab::slab_start(ss, first).wrapping_add(skip);
+                // SAFETY: free slabs of our mapping: no block lives there;
+                // page-aligned (slabs and META are).
+                unsafe { os::decommit(NonNull::new_unchecked(start), run * SLAB_SIZE - skip) };
+            }
+            ss = next;
+        }
+    }
+
+    /// Takes `n` slabs off this arena's resident count.
+    fn forget_resident(&mut self, n: u64) {
+        if n > 0 {
+            self.resident -= n;
+            RESIDENT_FREE.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes this arena's resident slabs off the process-wide count (the
+    /// arena is destroyed: its SuperSlabs go to the warm cache).
+    pub(crate) fn forget_all_resident(&mut self) {
+        self.forget_resident(self.resident);
     }
 
     /// Gives every fully free SuperSlab but the home one to the warm cache
@@ -257,8 +373,18 @@ impl Pool {
         } else {
             self.avail
         };
-        // SAFETY: pool lock held; avail members have a free slab.
-        let idx = unsafe { SuperSlab::links(ss, |l| l.free_mask.trailing_zeros() as usize) };
+        // SAFETY: pool lock held; avail members have a free slab. A
+        // resident one first: its pages are there.
+        let idx = unsafe {
+            SuperSlab::links(ss, |l| {
+                let warm = if l.resident != 0 {
+                    l.resident
+                } else {
+                    l.free_mask
+                };
+                warm.trailing_zeros() as usize
+            })
+        };
         // SAFETY: bit `idx` is set.
         unsafe { self.claim(ss, 1 << idx) };
         Some((ss, idx))
@@ -271,7 +397,20 @@ impl Pool {
     /// already `Use::Free`, and no block of it is in use.
     pub(crate) unsafe fn release_slab(&mut self, ss: *const SuperSlab, idx: usize) {
         // SAFETY: forwarded contract.
-        unsafe { self.unclaim(ss, 1 << idx) }
+        unsafe { self.unclaim(ss, 1 << idx) };
+    }
+
+    /// Gives back a slab emptied while the arena lives: as
+    /// [`Self::release_slab`], then counted resident (see the module docs).
+    ///
+    /// # Safety
+    /// As for [`Self::release_slab`].
+    pub(crate) unsafe fn release_emptied_slab(&mut self, ss: *const SuperSlab, idx: usize) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            let kept = self.unclaim(ss, 1 << idx);
+            self.emptied(ss, 1 << idx, kept);
+        }
     }
 
     /// Takes `k` contiguous slabs (never slab 0) starting at an index that
@@ -320,7 +459,14 @@ impl Pool {
     ///
     /// # Safety
     /// Slab `idx` of `ss` heads a span of this arena that is no longer used.
-    pub(crate) unsafe fn release_span(&mut self, ss: *const SuperSlab, idx: usize) -> usize {
+    /// `emptied`: freed while the arena lives (not by a reset), so counted
+    /// resident (see the module docs).
+    pub(crate) unsafe fn release_span(
+        &mut self,
+        ss: *const SuperSlab,
+        idx: usize,
+        emptied: bool,
+    ) -> usize {
         // SAFETY: pool lock held.
         let k = match unsafe { (*ss).slabs[idx].with(|s| s.use_) } {
             Use::SpanHead(k) => k as usize,
@@ -330,13 +476,14 @@ impl Pool {
             // SAFETY: pool lock held.
             unsafe { (*ss).slabs[i].with(|s| s.use_ = Use::Free) };
         }
+        let bits = ((((1u32 << k) - 1) as u16) as u32).wrapping_shl(idx as u32) as u16;
         // SAFETY: forwarded contract.
         unsafe {
-            self.unclaim(
-                ss,
-                ((((1u32 << k) - 1) as u16) as u32).wrapping_shl(idx as u32) as u16,
-            )
-        };
+            let kept = self.unclaim(ss, bits);
+            if emptied {
+                self.emptied(ss, bits, kept);
+            }
+        }
         k
     }
 

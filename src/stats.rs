@@ -261,6 +261,9 @@ pub struct GlobalStats {
     /// Free SuperSlabs in the regions without pages (never touched, or
     /// decommitted): they cost address space, not memory.
     pub decommitted_superslabs: usize,
+    /// Slabs emptied inside live arenas and kept resident for reuse; past
+    /// 256 (16 MiB) an arena emptying one decommits its own.
+    pub resident_free_slabs: u64,
     /// Live arenas.
     pub arenas_alive: usize,
     /// Threads with a front-cache index: threads that used an arena and
@@ -292,6 +295,7 @@ pub fn global_stats() -> GlobalStats {
         regions,
         reserved_bytes: regions * warm::REGION_SIZE,
         decommitted_superslabs: cold,
+        resident_free_slabs: crate::pool::resident_free_slabs(),
         arenas_alive: thread::live_arenas(),
         threads: thread::threads(),
     }
@@ -338,7 +342,7 @@ impl fmt::Display for GlobalStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({}, cap {}), {} decommitted, {} regions ({}), {} mmaps, {} munmaps",
+            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({}, cap {}), {} decommitted, {} free slabs resident, {} regions ({}), {} mmaps, {} munmaps",
             self.arenas_alive,
             self.threads,
             self.superslabs_in_use,
@@ -346,6 +350,7 @@ impl fmt::Display for GlobalStats {
             Bytes(self.warm_bytes as u64),
             Bytes(self.warm_limit_bytes as u64),
             self.decommitted_superslabs,
+            self.resident_free_slabs,
             self.regions,
             Bytes(self.reserved_bytes as u64),
             self.mmaps,

@@ -27,6 +27,9 @@ pub(crate) const ALL_FREE: u16 = u16::MAX;
 pub(crate) struct PoolLinks {
     /// Bit `i` set: slab `i` is free.
     pub(crate) free_mask: u16,
+    /// Bit `i` set: slab `i` is free, emptied while the arena lived, and
+    /// maybe still resident (counted in the pool's `resident`).
+    pub(crate) resident: u16,
     /// Links in the arena's list of all its SuperSlabs.
     pub(crate) all_prev: *const SuperSlab,
     pub(crate) all_next: *const SuperSlab,
@@ -58,6 +61,7 @@ impl SuperSlab {
             arena,
             links: UnsafeCell::new(PoolLinks {
                 free_mask: ALL_FREE,
+                resident: 0,
                 all_prev: null(),
                 all_next: null(),
                 in_avail: false,
