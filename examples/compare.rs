@@ -229,6 +229,9 @@ struct Run {
     ns: f64,
     ops: u64,
     faults: u64,
+    /// Lines of `/proc/self/maps` at the workload's peak, where it counts
+    /// them (the live-arena workloads).
+    maps: Option<u64>,
 }
 
 fn timed(ops: u64, f: impl FnOnce()) -> Run {
@@ -241,6 +244,7 @@ fn timed(ops: u64, f: impl FnOnce()) -> Run {
         ns,
         ops,
         faults: f1 - f0,
+        maps: None,
     }
 }
 
@@ -680,9 +684,19 @@ fn child(workload: &str, peer: &str, scale: f64) {
     } else {
         match_peer(workload, peer, scale)
     };
-    let (_, maxrss) = rusage();
+    // Minor faults of the whole process, start to end: first touch and
+    // warm-up included.
+    let (total_faults, maxrss) = rusage();
     match r {
-        Some(r) => println!("RESULT {} {} {} {}", r.ns, r.ops, r.faults, maxrss),
+        Some(r) => println!(
+            "RESULT {} {} {} {} {} {}",
+            r.ns,
+            r.ops,
+            r.faults,
+            maxrss,
+            total_faults,
+            r.maps.map_or("-".to_string(), |m| m.to_string())
+        ),
         None => println!("RESULT n/a"),
     }
 }
@@ -705,6 +719,10 @@ struct Samples {
     ns_per_op: Vec<f64>,
     rss_kb: Vec<f64>,
     faults_per_mop: Vec<f64>,
+    /// Minor faults of the whole child process (per run, not per op).
+    faults_total: Vec<f64>,
+    /// Lines of `/proc/self/maps` at the peak, where measured.
+    maps: Vec<f64>,
     na: bool,
 }
 
@@ -766,15 +784,19 @@ fn main() {
                         panic!("{w}/{p} failed: {}", String::from_utf8_lossy(&out.stderr))
                     });
                 let s = results.entry((wi, pi)).or_default();
-                let f: Vec<f64> = line
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                if f.len() == 4 {
+                let fields: Vec<&str> = line.split_whitespace().skip(1).collect();
+                if fields.len() == 6 {
+                    let f: Vec<f64> = fields[..5]
+                        .iter()
+                        .map(|x| x.parse().expect("child's RESULT line"))
+                        .collect();
                     s.ns_per_op.push(f[0] / f[1]);
                     s.faults_per_mop.push(f[2] / f[1] * 1e6);
                     s.rss_kb.push(f[3]);
+                    s.faults_total.push(f[4]);
+                    if let Ok(m) = fields[5].parse() {
+                        s.maps.push(m);
+                    }
                 } else {
                     s.na = true;
                 }
@@ -784,9 +806,10 @@ fn main() {
     }
     let mut rows = Vec::new();
     println!(
-        "| workload | allocator | ns/op | M ops/s | vs ref | peak RSS MiB | minor faults / M ops |"
+        "| workload | allocator | ns/op | M ops/s | vs ref | peak RSS MiB \
+         | minor faults / M ops after warm-up | minor faults total | mappings at peak |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (wi, (w, reference)) in WORKLOADS.iter().enumerate() {
         let peers = peers_of(w);
         let ri = peers.iter().position(|p| p == reference).unwrap();
@@ -797,7 +820,7 @@ fn main() {
         for (pi, p) in peers.iter().enumerate() {
             let s = &results[&(wi, pi)];
             if s.na {
-                println!("| {w} | {p} | n/a | | | | |");
+                println!("| {w} | {p} | n/a | | | | | | |");
                 continue;
             }
             let ns = median(&s.ns_per_op);
@@ -805,12 +828,18 @@ fn main() {
                 "per-request" | "reset" | "hop" => " (per request)",
                 _ => "",
             };
+            let maps = if s.maps.is_empty() {
+                String::new()
+            } else {
+                format!("{:.0}", median(&s.maps))
+            };
             println!(
-                "| {w} | {p} | {ns:.1}{unit} | {:.2} | {:.2}× {reference} | {:.1} | {:.0} |",
+                "| {w} | {p} | {ns:.1}{unit} | {:.2} | {:.2}× {reference} | {:.1} | {:.0} | {:.0} | {maps} |",
                 1e3 / ns,
                 ns / ref_ns,
                 median(&s.rss_kb) / 1024.0,
-                median(&s.faults_per_mop)
+                median(&s.faults_per_mop),
+                median(&s.faults_total)
             );
             rows.push(Row {
                 workload: w,
