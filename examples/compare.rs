@@ -730,6 +730,37 @@ fn tiny_arenas<P: Peer>(scale: f64) -> Option<Run> {
     live_arenas::<P, 1>((100_000.0 * scale) as usize, Layout::new::<u64>)
 }
 
+/// A `hashbrown::HashMap<u64, u64>` made with `new_in` (no capacity: it
+/// grows, a new table each time, the old one freed), 1,000,000 inserts of
+/// distinct keys, 1,000,000 lookups (in insertion order), then dropped with
+/// its arena (bumpalo: one `Bump`, `reset()` after each round). One warm-up
+/// round, then one timed round. One op = one insert and one lookup.
+fn hashmap<P: Peer>(scale: f64) -> Option<Run> {
+    let n = (1_000_000.0 * scale) as u64;
+    let key = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut kept = P::RESETS.then(P::new);
+    let mut round = || {
+        let fresh = kept.is_none().then(P::new);
+        let arena = fresh.as_ref().or(kept.as_ref()).unwrap();
+        let mut m = hashbrown::HashMap::new_in(arena.alloc());
+        for i in 0..n {
+            m.insert(key(i), i);
+        }
+        let mut sum = 0u64;
+        for i in 0..n {
+            sum = sum.wrapping_add(m[&key(i)]);
+        }
+        assert_eq!(sum, n.wrapping_mul(n.wrapping_sub(1)) / 2);
+        drop(m);
+        drop(fresh);
+        if let Some(k) = kept.as_mut() {
+            k.reset();
+        }
+    };
+    round();
+    Some(timed(n, round))
+}
+
 /// A small node, as a tree or list would hold.
 #[derive(Clone, Copy)]
 struct Node(#[allow(dead_code)] [u64; 4]); // the payload: written, never read
@@ -774,7 +805,7 @@ const BOX_PEERS: [&str; 4] = [
 
 // ---------------------------------------------------------------- driver
 
-const WORKLOADS: [(&str, &str); 11] = [
+const WORKLOADS: [(&str, &str); 12] = [
     ("churn", "mimalloc"),
     ("fill-drop", "mimalloc heap"),
     ("per-request", "bumpalo"),
@@ -786,6 +817,7 @@ const WORKLOADS: [(&str, &str); 11] = [
     ("reset", "bumpalo"),
     ("many-arenas", "bumpalo"),
     ("tiny-arenas", "bumpalo"),
+    ("hashmap", "system (glibc)"),
 ];
 
 fn peers_of(workload: &str) -> &'static [&'static str] {
@@ -794,6 +826,7 @@ fn peers_of(workload: &str) -> &'static [&'static str] {
         "reset" => &RESET_PEERS,
         "thread-churn" | "shared" => &SHARED_PEERS,
         "many-arenas" | "tiny-arenas" => &ARENA_PEERS,
+        "hashmap" => &MAP_PEERS,
         _ => &PEERS,
     }
 }
@@ -811,6 +844,8 @@ const RESET_PEERS: [&str; 2] = ["smallmid reset()", "bumpalo"];
 /// arenas (a mimalloc heap, a `Bump`), and glibc, an "arena" there being its
 /// list of blocks, freed one by one.
 const ARENA_PEERS: [&str; 4] = ["smallmid", "bumpalo", "mimalloc heap", "system (glibc)"];
+/// A growing hash map's tables.
+const MAP_PEERS: [&str; 4] = ["smallmid", "mimalloc heap", "system (glibc)", "bumpalo"];
 /// Allocators many threads share at once.
 const SHARED_PEERS: [&str; 4] = ["smallmid", "mimalloc", "system (glibc)", "blink-alloc"];
 
@@ -825,6 +860,7 @@ fn run_peer<P: Peer>(workload: &str, scale: f64) -> Option<Run> {
         "shared" => shared::<P>(scale, threads()),
         "many-arenas" => many_arenas::<P>(scale),
         "tiny-arenas" => tiny_arenas::<P>(scale),
+        "hashmap" => hashmap::<P>(scale),
         _ => panic!("unknown workload {workload}"),
     }
 }
@@ -999,6 +1035,7 @@ fn main() {
             let unit = match *w {
                 "per-request" | "reset" | "hop" => " (per request)",
                 "many-arenas" | "tiny-arenas" => " (per arena)",
+                "hashmap" => " (insert+lookup)",
                 _ => "",
             };
             let maps = if s.maps.is_empty() {
