@@ -1024,12 +1024,20 @@ fn main() {
             let mut mark = "";
             if !s.stopped.is_empty() {
                 mark = "*";
+                let mut why: Vec<(usize, &str)> = Vec::new();
+                for m in &s.stopped {
+                    match why.iter_mut().find(|(_, x)| *x == m.as_str()) {
+                        Some((k, _)) => *k += 1,
+                        None => why.push((1, m)),
+                    }
+                }
+                let why: Vec<String> = why.iter().map(|(k, m)| format!("{k}× {m}")).collect();
                 notes.push(format!(
-                    "* {w} / {p}: stopped short in {} of {} runs; its numbers are for the \
-                     arenas it made: {}",
+                    "* {w} / {p}: stopped short in {} of {} runs (medians mix them with any \
+                     full runs; a stopped run's numbers are for the arenas it made): {}",
                     s.stopped.len(),
                     s.ns_per_op.len(),
-                    s.stopped.join(" | ")
+                    why.join("; ")
                 ));
             }
             let unit = match *w {
