@@ -6,12 +6,22 @@
 //! cargo run --release --example compare            # 5 repetitions
 //! cargo run --release --example compare -- --reps 3 --scale 0.2
 //! cargo run --release --example compare -- --only shared --threads 32   # a bigger machine
+//! cargo run --release --example compare -- --only many-arenas --build-cap 60
 //! ```
+//!
+//! `--only W` runs one workload; `--build-cap S` (default 10) is how long the
+//! live-arena workloads (`many-arenas`, `tiny-arenas`) may spend making
+//! arenas in one round before they stop short (so may half the machine's
+//! memory): a run that stops says so under the table, and its numbers are
+//! for the arenas it made.
 //!
 //! Each (workload, allocator, repetition) runs in a fresh child process, so
 //! peak RSS and page faults belong to that run alone. Printed: median ns per
 //! op, M ops/s, the ratio to the workload's reference peer, median peak RSS,
-//! and minor page faults per million ops after a warm-up round; then
+//! minor page faults per million ops after a warm-up round, minor faults of
+//! the whole child process (start to exit: first touch included), and for
+//! the live-arena workloads the process's mappings (lines of
+//! `/proc/self/maps`) with all arenas alive; then
 //! writes a chart of the table (ns/op relative to the reference peer, and
 //! peak RSS, per workload and allocator) to `target/compare.svg`.
 
@@ -229,6 +239,11 @@ struct Run {
     ns: f64,
     ops: u64,
     faults: u64,
+    /// Lines of `/proc/self/maps` at the workload's peak, where it counts
+    /// them (the live-arena workloads).
+    maps: Option<u64>,
+    /// Why and where the run stopped short of its full size, if it did.
+    stopped: Option<String>,
 }
 
 fn timed(ops: u64, f: impl FnOnce()) -> Run {
@@ -241,6 +256,8 @@ fn timed(ops: u64, f: impl FnOnce()) -> Run {
         ns,
         ops,
         faults: f1 - f0,
+        maps: None,
+        stopped: None,
     }
 }
 
@@ -584,6 +601,166 @@ fn shared<P: Peer>(scale: f64, threads: usize) -> Option<Run> {
     Some(r)
 }
 
+/// Lines of `/proc/self/maps`: the process's mappings (VMAs) now.
+fn mappings() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/maps")
+        .ok()
+        .map(|s| s.lines().count() as u64)
+}
+
+/// The live-arena workloads stop making arenas (and report how many they
+/// made) once the process's RSS passes half the machine's memory, or the
+/// build phase of a round passes `--build-cap` seconds (default 10; the
+/// children read `SMALLMID_BUILD_CAP_S`): some peers need hundreds of KiB
+/// and superlinear time per arena, and would take the machine's memory or
+/// minutes per run.
+fn build_cap_s() -> u64 {
+    std::env::var("SMALLMID_BUILD_CAP_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+}
+
+/// Half of `MemTotal`, in KiB (8 GiB where unknown).
+fn rss_cap_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(8 << 20, |kib| kib / 2)
+}
+
+/// `n` arenas alive at once, each made and given `N` blocks (layouts from
+/// `layout`) in turn, then all dropped in the order they were made. Every
+/// peer gets a fresh arena of its own (bumpalo too: one `Bump` per arena);
+/// peers without bulk release (glibc) free their blocks one by one first.
+/// The harness keeps each arena's blocks in a fixed array beside it, for
+/// every peer alike. One warm-up round, then one timed round of as many
+/// arenas as the warm-up made (fewer than `n` where a cap stopped it: see
+/// [`build_cap_s`]); the mappings are counted at the peak (all arenas
+/// alive), outside the timing, and the larger count of the two rounds is
+/// reported. One op = one arena.
+fn live_arenas<P: Peer, const N: usize>(
+    n: usize,
+    mut layout: impl FnMut() -> Layout,
+) -> Option<Run> {
+    type Blocks<const N: usize> = [(NonNull<u8>, Layout); N];
+    let mut live: Vec<(P, Blocks<N>)> = Vec::with_capacity(n);
+    let rss_cap = rss_cap_kib();
+    let time_cap = build_cap_s();
+    let every = (4096 / N).max(32);
+    // One round of (up to) `n` arenas; the RSS cap is checked in the
+    // warm-up only (the peak RSS it reads stays high afterwards).
+    let mut round = |live: &mut Vec<(P, Blocks<N>)>, n: usize, check_rss: bool| -> Run {
+        let (f0, _) = rusage();
+        let t = Instant::now();
+        let mut stopped = None;
+        for i in 0..n {
+            if i % every == every - 1 {
+                if t.elapsed().as_secs() >= time_cap {
+                    stopped = Some(format!("build phase over {time_cap} s"));
+                } else if check_rss && rusage().1 > rss_cap {
+                    stopped = Some(format!("RSS over {} MiB", rss_cap >> 10));
+                }
+                if let Some(why) = stopped {
+                    stopped = Some(format!("{i} of {n} arenas ({why})"));
+                    break;
+                }
+            }
+            let arena = P::new();
+            let a = arena.alloc();
+            let blocks: Blocks<N> = core::array::from_fn(|_| {
+                let l = layout();
+                (alloc_touch(&a, l), l)
+            });
+            drop(a);
+            live.push((arena, blocks));
+        }
+        core::hint::black_box(&live);
+        let made = live.len() as u64;
+        let build = t.elapsed().as_nanos() as f64;
+        let (f1, _) = rusage();
+        let maps = mappings();
+        let (f2, _) = rusage();
+        let t = Instant::now();
+        for (arena, blocks) in live.drain(..) {
+            if !P::BULK {
+                let a = arena.alloc();
+                for (p, l) in blocks {
+                    // SAFETY: allocated from this arena with `l`.
+                    unsafe { a.deallocate(p, l) };
+                }
+            }
+            drop(arena);
+        }
+        let ns = build + t.elapsed().as_nanos() as f64;
+        let (f3, _) = rusage();
+        Run {
+            ns,
+            ops: made,
+            faults: (f1 - f0) + (f3 - f2),
+            maps,
+            stopped,
+        }
+    };
+    let warm = round(&mut live, n, true);
+    let mut r = round(&mut live, warm.ops as usize, false);
+    r.maps = r.maps.max(warm.maps);
+    r.stopped = match (&warm.stopped, &r.stopped) {
+        (None, None) => None,
+        (Some(w), None) => Some(format!("warm-up: {w}; timed round: {} arenas", r.ops)),
+        (None, Some(t)) => Some(format!("timed round: {t}")),
+        (Some(w), Some(t)) => Some(format!("warm-up: {w}; timed round: {t}")),
+    };
+    Some(r)
+}
+
+/// 10,000 arenas alive at once, each with 32 blocks of 16..=1024 B (about
+/// 16 KiB of data per arena), then all dropped.
+fn many_arenas<P: Peer>(scale: f64) -> Option<Run> {
+    let mut sizes = Sizes::new(16, 1024, 7);
+    live_arenas::<P, 32>((10_000.0 * scale) as usize, || sizes.next())
+}
+
+/// 100,000 arenas alive at once, each holding one `u64`, then all dropped.
+fn tiny_arenas<P: Peer>(scale: f64) -> Option<Run> {
+    live_arenas::<P, 1>((100_000.0 * scale) as usize, Layout::new::<u64>)
+}
+
+/// A `hashbrown::HashMap<u64, u64>` made with `new_in` (no capacity: it
+/// grows, a new table each time, the old one freed), 1,000,000 inserts of
+/// distinct keys, 1,000,000 lookups (in insertion order), then dropped with
+/// its arena (bumpalo: one `Bump`, `reset()` after each round). One warm-up
+/// round, then one timed round. One op = one insert and one lookup.
+fn hashmap<P: Peer>(scale: f64) -> Option<Run> {
+    let n = (1_000_000.0 * scale) as u64;
+    let key = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut kept = P::RESETS.then(P::new);
+    let mut round = || {
+        let fresh = kept.is_none().then(P::new);
+        let arena = fresh.as_ref().or(kept.as_ref()).unwrap();
+        let mut m = hashbrown::HashMap::new_in(arena.alloc());
+        for i in 0..n {
+            m.insert(key(i), i);
+        }
+        let mut sum = 0u64;
+        for i in 0..n {
+            sum = sum.wrapping_add(m[&key(i)]);
+        }
+        assert_eq!(sum, n.wrapping_mul(n.wrapping_sub(1)) / 2);
+        drop(m);
+        drop(fresh);
+        if let Some(k) = kept.as_mut() {
+            k.reset();
+        }
+    };
+    round();
+    Some(timed(n, round))
+}
+
 /// A small node, as a tree or list would hold.
 #[derive(Clone, Copy)]
 struct Node(#[allow(dead_code)] [u64; 4]); // the payload: written, never read
@@ -628,7 +805,7 @@ const BOX_PEERS: [&str; 4] = [
 
 // ---------------------------------------------------------------- driver
 
-const WORKLOADS: [(&str, &str); 9] = [
+const WORKLOADS: [(&str, &str); 12] = [
     ("churn", "mimalloc"),
     ("fill-drop", "mimalloc heap"),
     ("per-request", "bumpalo"),
@@ -638,6 +815,9 @@ const WORKLOADS: [(&str, &str); 9] = [
     ("thread-churn", "system (glibc)"),
     ("shared", "mimalloc"),
     ("reset", "bumpalo"),
+    ("many-arenas", "bumpalo"),
+    ("tiny-arenas", "bumpalo"),
+    ("hashmap", "system (glibc)"),
 ];
 
 fn peers_of(workload: &str) -> &'static [&'static str] {
@@ -645,6 +825,8 @@ fn peers_of(workload: &str) -> &'static [&'static str] {
         "boxes" => &BOX_PEERS,
         "reset" => &RESET_PEERS,
         "thread-churn" | "shared" => &SHARED_PEERS,
+        "many-arenas" | "tiny-arenas" => &ARENA_PEERS,
+        "hashmap" => &MAP_PEERS,
         _ => &PEERS,
     }
 }
@@ -658,6 +840,12 @@ const PEERS: [&str; 6] = [
 ];
 /// Arenas kept per worker and reset per request, as bumpalo users do.
 const RESET_PEERS: [&str; 2] = ["smallmid reset()", "bumpalo"];
+/// One arena per user (session, document, ...): the allocators that make
+/// arenas (a mimalloc heap, a `Bump`), and glibc, an "arena" there being its
+/// list of blocks, freed one by one.
+const ARENA_PEERS: [&str; 4] = ["smallmid", "bumpalo", "mimalloc heap", "system (glibc)"];
+/// A growing hash map's tables.
+const MAP_PEERS: [&str; 4] = ["smallmid", "mimalloc heap", "system (glibc)", "bumpalo"];
 /// Allocators many threads share at once.
 const SHARED_PEERS: [&str; 4] = ["smallmid", "mimalloc", "system (glibc)", "blink-alloc"];
 
@@ -670,6 +858,9 @@ fn run_peer<P: Peer>(workload: &str, scale: f64) -> Option<Run> {
         "hop" => hop::<P>(scale),
         "thread-churn" => thread_churn::<P>(scale),
         "shared" => shared::<P>(scale, threads()),
+        "many-arenas" => many_arenas::<P>(scale),
+        "tiny-arenas" => tiny_arenas::<P>(scale),
+        "hashmap" => hashmap::<P>(scale),
         _ => panic!("unknown workload {workload}"),
     }
 }
@@ -680,9 +871,20 @@ fn child(workload: &str, peer: &str, scale: f64) {
     } else {
         match_peer(workload, peer, scale)
     };
-    let (_, maxrss) = rusage();
+    // Minor faults of the whole process, start to end: first touch and
+    // warm-up included.
+    let (total_faults, maxrss) = rusage();
     match r {
-        Some(r) => println!("RESULT {} {} {} {}", r.ns, r.ops, r.faults, maxrss),
+        Some(r) => println!(
+            "RESULT {} {} {} {} {} {} {}",
+            r.ns,
+            r.ops,
+            r.faults,
+            maxrss,
+            total_faults,
+            r.maps.map_or("-".to_string(), |m| m.to_string()),
+            r.stopped.as_deref().unwrap_or("")
+        ),
         None => println!("RESULT n/a"),
     }
 }
@@ -705,6 +907,12 @@ struct Samples {
     ns_per_op: Vec<f64>,
     rss_kb: Vec<f64>,
     faults_per_mop: Vec<f64>,
+    /// Minor faults of the whole child process (per run, not per op).
+    faults_total: Vec<f64>,
+    /// Lines of `/proc/self/maps` at the peak, where measured.
+    maps: Vec<f64>,
+    /// Runs that stopped short of the workload's size: why and where.
+    stopped: Vec<String>,
     na: bool,
 }
 
@@ -743,6 +951,9 @@ fn main() {
     if let Some(t) = arg("--threads") {
         std::env::set_var("SMALLMID_THREADS", t);
     }
+    if let Some(t) = arg("--build-cap") {
+        std::env::set_var("SMALLMID_BUILD_CAP_S", t);
+    }
     eprintln!("shared workload: {} threads", threads());
     let only: Option<String> = arg("--only");
     let exe = std::env::current_exe().unwrap();
@@ -766,15 +977,22 @@ fn main() {
                         panic!("{w}/{p} failed: {}", String::from_utf8_lossy(&out.stderr))
                     });
                 let s = results.entry((wi, pi)).or_default();
-                let f: Vec<f64> = line
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                if f.len() == 4 {
+                let fields: Vec<&str> = line.split_whitespace().skip(1).collect();
+                if fields.len() >= 6 {
+                    let f: Vec<f64> = fields[..5]
+                        .iter()
+                        .map(|x| x.parse().expect("child's RESULT line"))
+                        .collect();
                     s.ns_per_op.push(f[0] / f[1]);
                     s.faults_per_mop.push(f[2] / f[1] * 1e6);
                     s.rss_kb.push(f[3]);
+                    s.faults_total.push(f[4]);
+                    if let Ok(m) = fields[5].parse() {
+                        s.maps.push(m);
+                    }
+                    if fields.len() > 6 {
+                        s.stopped.push(fields[6..].join(" "));
+                    }
                 } else {
                     s.na = true;
                 }
@@ -783,10 +1001,12 @@ fn main() {
         eprintln!("  repetition {} of {reps} done", rep + 1);
     }
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
     println!(
-        "| workload | allocator | ns/op | M ops/s | vs ref | peak RSS MiB | minor faults / M ops |"
+        "| workload | allocator | ns/op | M ops/s | vs ref | peak RSS MiB \
+         | minor faults / M ops after warm-up | minor faults total | mappings at peak |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (wi, (w, reference)) in WORKLOADS.iter().enumerate() {
         let peers = peers_of(w);
         let ri = peers.iter().position(|p| p == reference).unwrap();
@@ -797,20 +1017,47 @@ fn main() {
         for (pi, p) in peers.iter().enumerate() {
             let s = &results[&(wi, pi)];
             if s.na {
-                println!("| {w} | {p} | n/a | | | | |");
+                println!("| {w} | {p} | n/a | | | | | | |");
                 continue;
             }
             let ns = median(&s.ns_per_op);
+            let mut mark = "";
+            if !s.stopped.is_empty() {
+                mark = "*";
+                let mut why: Vec<(usize, &str)> = Vec::new();
+                for m in &s.stopped {
+                    match why.iter_mut().find(|(_, x)| *x == m.as_str()) {
+                        Some((k, _)) => *k += 1,
+                        None => why.push((1, m)),
+                    }
+                }
+                let why: Vec<String> = why.iter().map(|(k, m)| format!("{k}× {m}")).collect();
+                notes.push(format!(
+                    "* {w} / {p}: stopped short in {} of {} runs (medians mix them with any \
+                     full runs; a stopped run's numbers are for the arenas it made): {}",
+                    s.stopped.len(),
+                    s.ns_per_op.len(),
+                    why.join("; ")
+                ));
+            }
             let unit = match *w {
                 "per-request" | "reset" | "hop" => " (per request)",
+                "many-arenas" | "tiny-arenas" => " (per arena)",
+                "hashmap" => " (insert+lookup)",
                 _ => "",
             };
+            let maps = if s.maps.is_empty() {
+                String::new()
+            } else {
+                format!("{:.0}", median(&s.maps))
+            };
             println!(
-                "| {w} | {p} | {ns:.1}{unit} | {:.2} | {:.2}× {reference} | {:.1} | {:.0} |",
+                "| {w} | {p}{mark} | {ns:.1}{unit} | {:.2} | {:.2}× {reference} | {:.1} | {:.0} | {:.0} | {maps} |",
                 1e3 / ns,
                 ns / ref_ns,
                 median(&s.rss_kb) / 1024.0,
-                median(&s.faults_per_mop)
+                median(&s.faults_per_mop),
+                median(&s.faults_total)
             );
             rows.push(Row {
                 workload: w,
@@ -819,6 +1066,9 @@ fn main() {
                 rss_mib: median(&s.rss_kb) / 1024.0,
             });
         }
+    }
+    for n in &notes {
+        println!("\n{n}");
     }
     if rows.is_empty() {
         return;
