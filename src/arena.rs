@@ -143,6 +143,13 @@ pub(crate) struct ArenaState {
 /// Offset of the arena state in its home SuperSlab.
 const STATE_OFFSET: usize = core::mem::size_of::<SuperSlab>().next_multiple_of(64);
 const _: () = assert!(STATE_OFFSET + core::mem::size_of::<ArenaState>() <= META);
+
+/// Where blocks may start in a SuperSlab's slab 0: after the header and
+/// the room for an arena state. A mixed slab starts here, so an arena's
+/// first blocks share the state's last page; class slabs start at
+/// [`META`] (their blocks' alignment needs it).
+pub(crate) const BLOCKS_FROM: usize =
+    (STATE_OFFSET + core::mem::size_of::<ArenaState>()).next_multiple_of(64);
 const _: () = assert!(core::mem::align_of::<ArenaState>() <= 64);
 
 /// A memory arena for small and mid-sized objects, usable from any thread.
@@ -438,13 +445,13 @@ impl ArenaState {
         let mut takers: SmallVec<[(&ThreadCache, u64, bool); 4]> = SmallVec::new();
         if let Some(c) = self.own_cache() {
             // SAFETY: our own cache.
-            let (mix, used) = unsafe { c.with(|i| (i.had_mixed(), i.clear())) };
+            let (mix, want, used) = unsafe { c.with(|i| (i.had_mixed(), i.ranged(), i.clear())) };
             let mut t = used;
             while t != 0 {
                 c.counters[t.trailing_zeros() as usize].take();
                 t &= t - 1;
             }
-            takers.push((c, used, mix));
+            takers.push((c, want, mix));
         }
         {
             let mut m = lock(&self.members);
@@ -456,7 +463,9 @@ impl ArenaState {
                 let (want, mix) = unsafe {
                     c.with(|i| {
                         let mix = i.had_mixed() | core::mem::take(&mut i.want_mix);
-                        (i.clear() | core::mem::take(&mut i.want), mix)
+                        let want = i.ranged() | core::mem::take(&mut i.want);
+                        i.clear();
+                        (want, mix)
                     })
                 };
                 if want != 0 || mix {
@@ -645,7 +654,7 @@ impl ArenaState {
             core::ptr::drop_in_place(state);
             for ss in &superslabs {
                 // Everything but the headers: a block used after the drop is caught.
-                crate::asan::poison(ss.as_ptr().add(META), SUPERSLAB_SIZE - META);
+                crate::asan::poison(ss.as_ptr().add(BLOCKS_FROM), SUPERSLAB_SIZE - BLOCKS_FROM);
             }
             warm::release(&superslabs);
         }

@@ -64,9 +64,6 @@ pub(crate) struct ClassCache {
 
 /// Classes carved from a mixed slab (see [`crate::slab`]).
 const MIXED_CLASSES: usize = crate::size_class::index_for_size(MIXED_MAX) + 1;
-/// Their bits in a `touched` mask: a cache with a mixed range has touched
-/// them all, so carving needs no write to the mask.
-const MIXED_MASK: u64 = (1 << MIXED_CLASSES) - 1;
 
 /// What a carve of each class takes from a mixed range: its size and
 /// alignment mask; past [`MIXED_MAX`] a size no range holds, so the
@@ -263,7 +260,7 @@ impl Inner {
     /// Carves a block of `class` from the mixed range; null when it has no
     /// room (or the class is too large for it).
     ///
-    /// Cost: a table load, an align-up, a compare, a store and an add.
+    /// Cost: a table load, an align-up, a compare, two stores and an add.
     #[inline(always)]
     fn carve(&mut self, class: usize) -> *mut u8 {
         let (size, mask) = CARVE[class];
@@ -275,6 +272,7 @@ impl Inner {
         let b = m.bump.wrapping_add(pad);
         m.bump = b.wrapping_add(size as usize);
         m.acct += (1 << 32) | pad as u64;
+        self.touched |= 1 << class;
         b
     }
 
@@ -287,7 +285,19 @@ impl Inner {
             acct: 0,
             taken: true,
         };
-        self.touched |= MIXED_MASK;
+    }
+
+    /// Classes this cache holds a class slab's range for (whole or used
+    /// up): the ones a reset gives it a whole slab of again.
+    pub(crate) fn ranged(&self) -> u64 {
+        let mut m = 0;
+        let mut t = self.touched;
+        while t != 0 {
+            let c = t.trailing_zeros() as usize;
+            t &= t - 1;
+            m |= (!self.lists[c].end.is_null() as u64) << c;
+        }
+        m
     }
 
     /// Whether the cache took a mixed range this epoch.
@@ -459,9 +469,8 @@ impl ArenaState {
         let touched = unsafe {
             c.with(|i| {
                 i.want_mix = !flush && i.had_mixed();
-                let t = i.clear();
-                i.want = if flush { 0 } else { t };
-                t
+                i.want = if flush { 0 } else { i.ranged() };
+                i.clear()
             })
         };
         m.fold(&c.counters, touched);

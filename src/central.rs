@@ -274,9 +274,16 @@ impl ArenaState {
 
 impl ArenaState {
     /// Takes a free slab as a mixed slab for a front cache: its whole range
-    /// `[start, end)`. `None` when the arena holds [`MAX_MIXED`] already or
-    /// the pool is out of memory.
+    /// `[start, end)`. `None` when the arena holds [`MAX_MIXED`] already,
+    /// has a memory limit, or the pool is out of memory.
+    ///
+    /// Limited arenas take none: a mixed range given back before it is
+    /// used up stays out until every block of it is back, and under a
+    /// limit those bytes could refuse an allocation.
     pub(crate) fn take_mixed(&self) -> Option<(*mut u8, *mut u8)> {
+        if self.limit.load(Ordering::Relaxed) != u64::MAX {
+            return None;
+        }
         let mut pool = lock(&self.pool);
         if pool.mixed >= MAX_MIXED {
             return None;
@@ -287,7 +294,7 @@ impl ArenaState {
         // lock's, which we hold.
         let range = unsafe { (*ss).slabs[idx].with(|s| init_mixed(s, ss, idx)) };
         // SAFETY: as above.
-        unsafe { (*ss).slabs[idx].mixed_init(range.1 as usize as u32 - range.0 as usize as u32) };
+        unsafe { (*ss).slabs[idx].mixed_init((range.1 as usize - range.0 as usize) as u32) };
         Some(range)
     }
 
@@ -331,7 +338,8 @@ impl ArenaState {
         }
         self.mark_dirty();
         let (ss, idx, _) = slab_of(end.wrapping_sub(1));
-        let bytes = (end as usize - bump as usize) as u32 + pad;
+        // The uncarved rest, the padding, and the hold (see `mixed_init`).
+        let bytes = (end as usize - bump as usize) as u32 + pad + 1;
         // SAFETY: forwarded contract.
         unsafe { self.mixed_put(ss, idx, bytes, carved as i32) };
     }
@@ -364,9 +372,15 @@ fn blocks_start(ss: *const SuperSlab, idx: usize, align: usize) -> *mut u8 {
     }
 }
 
-/// Lays out slab `idx` of `ss` as a mixed slab; returns its range.
+/// Lays out slab `idx` of `ss` as a mixed slab; returns its range. In slab
+/// 0 it starts right after the metadata: an arena's first blocks share the
+/// arena state's last page.
 fn init_mixed(s: &mut SlabState, ss: *const SuperSlab, idx: usize) -> (*mut u8, *mut u8) {
-    let start = blocks_start(ss, idx, 1);
+    let start = if idx == 0 {
+        SuperSlab::slab_start(ss, 0).wrapping_add(crate::arena::BLOCKS_FROM)
+    } else {
+        SuperSlab::slab_start(ss, idx)
+    };
     let end = SuperSlab::slab_start(ss, idx).wrapping_add(SLAB_SIZE);
     s.use_ = Use::Mixed;
     s.bump = start;

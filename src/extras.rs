@@ -2,7 +2,7 @@
 //! address ownership and pre-reserved capacity.
 
 use crate::arena::SmallMidArena;
-use crate::superslab::{META, SUPERSLAB_SIZE};
+use crate::superslab::SUPERSLAB_SIZE;
 use crate::sync::{lock, Ordering};
 use allocator_api2::alloc::AllocError;
 
@@ -105,7 +105,7 @@ impl SmallMidArena {
         let addr = ptr as usize;
         let pool = lock(&self.state().pool);
         let base = addr & !(SUPERSLAB_SIZE - 1);
-        let in_superslab = addr - base >= META
+        let in_superslab = addr - base >= crate::arena::BLOCKS_FROM
             && pool
                 .all_superslabs()
                 .iter()

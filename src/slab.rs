@@ -25,8 +25,9 @@
 //! lives outside the lock-protected state (see [`Slab::mixed_put`]), so
 //! flushes of different classes need no common lock:
 //!
-//! `bytes out == capacity - bytes returned` (carved blocks, padding, and a
-//! cache's uncarved range count as out until they come back).
+//! `bytes out == capacity + 1 - bytes returned` (carved blocks, padding, and
+//! a cache's uncarved range count as out until they come back; the one is
+//! the holding cache's, given back with its range).
 
 use crate::sync::{AtomicU64, Ordering, UnsafeCell};
 use core::ptr::null;
@@ -147,10 +148,13 @@ impl Slab {
         self.mixed.load(Ordering::Relaxed) as u32 != 0
     }
 
-    /// Makes the count of a fresh mixed slab: `bytes`, all out.
-    /// Pool lock held (the slab is in no one else's hands).
+    /// Makes the count of a mixed slab handed whole to a cache: `bytes`,
+    /// all out, plus one for the cache's hold on the range, so the count
+    /// cannot reach 0 while a cache holds it, even used up to its last
+    /// byte (the cache gives the one back with its range). Pool lock held
+    /// or the arena owned (the slab is in no one else's hands).
     pub(crate) fn mixed_init(&self, bytes: u32) {
-        self.mixed.store(bytes as u64, Ordering::Relaxed);
+        self.mixed.store(bytes as u64 + 1, Ordering::Relaxed);
     }
 
     /// Clears the count of a mixed slab leaving its use (pool lock held,
