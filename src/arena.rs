@@ -814,31 +814,52 @@ impl Spares {
         &SPARES[(thread::current_tid() as usize).wrapping_add(k) % SHARDS]
     }
 
-    /// Keeps `a` (holding `superslabs`) for any thread; false if this
-    /// thread's shard is full.
+    /// Keeps `a` (holding `superslabs`) for any thread: in this thread's
+    /// shard (waiting for its lock: a drop that hands its arena on is
+    /// worth a short wait), else any other shard free now with room.
+    /// False when there is no room.
     fn give(a: *mut ArenaState, superslabs: usize) -> bool {
-        let Some(mut s) = try_lock(Self::shard(0)) else {
-            return false;
-        };
-        if s.n == PER_SHARD || s.total + superslabs > SHARD_SUPERSLABS {
-            return false;
-        }
-        let n = s.n;
-        s.arenas[n] = a;
-        s.superslabs[n] = superslabs;
-        s.total += superslabs;
-        s.n += 1;
-        true
+        (0..SHARDS).any(|k| {
+            let Some(mut s) = (if k == 0 {
+                Some(lock(Self::shard(0)))
+            } else {
+                try_lock(Self::shard(k))
+            }) else {
+                return false;
+            };
+            if s.n == PER_SHARD || s.total + superslabs > SHARD_SUPERSLABS {
+                return false;
+            }
+            let n = s.n;
+            s.arenas[n] = a;
+            s.superslabs[n] = superslabs;
+            s.total += superslabs;
+            s.n += 1;
+            true
+        })
     }
 
-    /// A spare from this thread's shard, else any shard that is free now.
+    /// A spare from this thread's shard, else any shard that is free now;
+    /// if every shard was busy, waits for each in turn.
     fn take() -> Option<NonNull<ArenaState>> {
-        (0..SHARDS).find_map(|k| {
-            let mut s = try_lock(Self::shard(k))?;
+        let mut busy = false;
+        let from = |s: &mut Spares| -> Option<NonNull<ArenaState>> {
             s.n = s.n.checked_sub(1)?;
             s.total -= s.superslabs[s.n];
             NonNull::new(s.arenas[s.n])
-        })
+        };
+        (0..SHARDS)
+            .find_map(|k| match try_lock(Self::shard(k)) {
+                Some(mut s) => from(&mut s),
+                None => {
+                    busy = true;
+                    None
+                }
+            })
+            .or_else(|| {
+                busy.then(|| (0..SHARDS).find_map(|k| from(&mut lock(Self::shard(k)))))
+                    .flatten()
+            })
     }
 
     /// Takes every shared spare (for trimming).
