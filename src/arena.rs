@@ -485,7 +485,7 @@ impl ArenaState {
         let mut pool = lock(&self.pool);
         // SAFETY: no huge block is used again (contract).
         unsafe { large::unmap_all_huge(&mut pool) };
-        pool.mixed = 0;
+        pool.clear_mixed();
         for ss in pool.all_superslabs() {
             let ss = ss.as_ptr() as *const SuperSlab;
             // SAFETY: pool lock held.
@@ -526,12 +526,13 @@ impl ArenaState {
                             None
                         }
                         Use::Mixed => {
-                            let (start, end) = (s.bump, s.end);
+                            let (start, end) = crate::central::mixed_range(ss, idx);
                             crate::asan::poison(start, end as usize - start as usize);
                             match takers.iter_mut().find(|t| t.2) {
                                 Some(t) => {
                                     t.2 = false;
-                                    pool.mixed += 1;
+                                    s.bump = s.end; // nothing parked
+                                    pool.add_mixed(ss, idx);
                                     (*ss).slabs[idx]
                                         .mixed_init((end as usize - start as usize) as u32);
                                     // SAFETY: as for the classes' ranges.

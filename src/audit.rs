@@ -118,6 +118,11 @@ impl SmallMidArena {
                 };
             }
         }
+        assert_eq!(
+            a.mixed_slabs,
+            pool.mixed_slabs().len(),
+            "the pool's mixed slabs disagree with the slabs"
+        );
         let mut attached = 0;
         st.for_each_cache(&members, |_, _| attached += 1);
         assert_eq!(

@@ -654,15 +654,21 @@ impl ArenaState {
                 }
                 i.touched |= 1 << class;
                 i.lists[class].cap = CACHE_CAP[class];
-                if class < MIXED_CLASSES && !i.mix.taken {
-                    // Taken or refused: one try per epoch.
+                // A cache with no mixed range takes one: a rest another
+                // gave back, or a fresh slab once per epoch. One whose range
+                // is used up goes on with class slabs.
+                if class < MIXED_CLASSES && i.mix.end.is_null() {
+                    let fresh = !i.mix.taken;
                     i.mix.taken = true;
-                    if let Some((start, end)) = self.take_mixed() {
+                    if let Some((start, end)) = self.take_mixed(fresh) {
                         bump(&counters.refills, 1);
-                        // A clean arena stays clean: the range is a whole
-                        // slab this cache can rewind.
+                        // A fresh range keeps a clean arena clean: it is a
+                        // whole slab this cache can rewind.
                         i.set_mixed(start, end);
-                        return Some(i.carve(class));
+                        let b = i.carve(class);
+                        if !b.is_null() {
+                            return Some(b);
+                        }
                     }
                 }
                 let l = &mut i.lists[class];

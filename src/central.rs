@@ -13,7 +13,7 @@
 //! block comes back leaves the class and returns to the pool at once.
 
 use crate::arena::ArenaState;
-use crate::pool::MAX_MIXED;
+use crate::pool::{Pool, MAX_MIXED};
 use crate::size_class::{CLASS_ALIGN, CLASS_SIZE};
 use crate::slab::{next_of, set_next, Batch, Slab, SlabState, Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META};
@@ -273,23 +273,29 @@ impl ArenaState {
 }
 
 impl ArenaState {
-    /// Takes a free slab as a mixed slab for a front cache: its whole range
-    /// `[start, end)`. `None` when the arena holds [`MAX_MIXED`] already,
-    /// has a memory limit, or the pool is out of memory.
-    ///
-    /// Limited arenas take none: a mixed range given back before it is
-    /// used up stays out until every block of it is back, and under a
-    /// limit those bytes could refuse an allocation.
-    pub(crate) fn take_mixed(&self) -> Option<(*mut u8, *mut u8)> {
-        if self.limit.load(Ordering::Relaxed) != u64::MAX {
-            return None;
-        }
+    /// A mixed range for a front cache: a remainder another cache gave
+    /// back, else (with `fresh`) a free slab laid out as a mixed slab,
+    /// whole. `None` when there is no remainder and no fresh slab may be
+    /// taken: not asked, [`MAX_MIXED`] held, or the pool out of memory.
+    pub(crate) fn take_mixed(&self, fresh: bool) -> Option<(*mut u8, *mut u8)> {
         let mut pool = lock(&self.pool);
-        if pool.mixed >= MAX_MIXED {
+        for &(ss, idx) in pool.mixed_slabs() {
+            // SAFETY: a mixed slab of ours; its state is the pool lock's.
+            let slab = unsafe { &(*ss).slabs[idx] };
+            // SAFETY: as above.
+            let (bump, end) = unsafe { slab.with(|s| (s.bump, s.end)) };
+            let len = end as usize - bump as usize;
+            if len >= MIN_PARKED && slab.mixed_hold(len as u32) {
+                // SAFETY: as above.
+                unsafe { slab.with(|s| s.bump = s.end) };
+                return Some((bump, end));
+            }
+        }
+        if !fresh || pool.mixed_slabs().len() >= MAX_MIXED {
             return None;
         }
         let (ss, idx) = pool.take_slab()?;
-        pool.mixed += 1;
+        pool.add_mixed(ss, idx);
         // SAFETY: the slab is ours now; a mixed slab's state is the pool
         // lock's, which we hold.
         let range = unsafe { (*ss).slabs[idx].with(|s| init_mixed(s, ss, idx)) };
@@ -312,22 +318,16 @@ impl ArenaState {
         blocks: i32,
     ) {
         // SAFETY: the slab is live while something of it is out.
-        let slab = unsafe { &(*ss).slabs[idx] };
-        if slab.mixed_put(bytes, blocks) {
-            let mut pool = lock(&self.pool);
-            // SAFETY: nothing of the slab is out: we alone reach it; its
-            // state is the pool lock's.
-            unsafe {
-                slab.with(|s| s.use_ = Use::Free);
-                slab.mixed_clear();
-                pool.mixed -= 1;
-                pool.release_emptied_slab(ss, idx);
-            }
+        if unsafe { (*ss).slabs[idx].mixed_put(bytes, blocks) } {
+            // SAFETY: nothing of it is out; we emptied it.
+            unsafe { free_mixed(&mut lock(&self.pool), ss, idx) };
         }
     }
 
     /// Returns a cache's mixed range: its uncarved `[bump, end)`, the
-    /// padding it carved, and how many blocks it carved.
+    /// padding it carved, and how many blocks it carved. Unless that
+    /// empties the slab, an uncarved rest worth it stays parked in the
+    /// slab for the next cache that needs a range ([`Self::take_mixed`]).
     ///
     /// # Safety
     /// The range came from [`Self::take_mixed`] (or a reset) and its
@@ -337,11 +337,45 @@ impl ArenaState {
             return;
         }
         self.mark_dirty();
-        let (ss, idx, _) = slab_of(end.wrapping_sub(1));
+        let (ss, idx, slab) = slab_of(end.wrapping_sub(1));
+        let len = end as usize - bump as usize;
         // The uncarved rest, the padding, and the hold (see `mixed_init`).
-        let bytes = (end as usize - bump as usize) as u32 + pad + 1;
-        // SAFETY: forwarded contract.
-        unsafe { self.mixed_put(ss, idx, bytes, carved as i32) };
+        let bytes = len as u32 + pad + 1;
+        // Under the pool lock: a flusher that empties the slab meanwhile
+        // frees it only after the rest is parked (or not).
+        let mut pool = lock(&self.pool);
+        // SAFETY: the slab is live: we still hold its range.
+        if unsafe { (*slab).mixed_put(bytes, carved as i32) } {
+            // SAFETY: nothing of it is out; we emptied it.
+            unsafe { free_mixed(&mut pool, ss, idx) };
+        } else if len >= MIN_PARKED {
+            // SAFETY: a mixed slab's state is the pool lock's.
+            unsafe {
+                (*slab).with(|s| {
+                    s.bump = bump;
+                    s.end = end;
+                })
+            };
+        }
+    }
+}
+
+/// Uncarved rest of a mixed range worth parking for another cache.
+const MIN_PARKED: usize = 1024;
+
+/// Gives an emptied mixed slab to the pool.
+///
+/// # Safety
+/// `pool` is the arena's pool lock; nothing of mixed slab `idx` of `ss` is
+/// out, and nobody else will find it (its count is 0).
+unsafe fn free_mixed(pool: &mut Pool, ss: *const SuperSlab, idx: usize) {
+    // SAFETY: per contract; its state is the pool lock's.
+    unsafe {
+        let slab = &(*ss).slabs[idx];
+        slab.with(|s| s.use_ = Use::Free);
+        slab.mixed_clear();
+        pool.remove_mixed(ss, idx);
+        pool.release_emptied_slab(ss, idx);
     }
 }
 
@@ -372,18 +406,25 @@ fn blocks_start(ss: *const SuperSlab, idx: usize, align: usize) -> *mut u8 {
     }
 }
 
-/// Lays out slab `idx` of `ss` as a mixed slab; returns its range. In slab
-/// 0 it starts right after the metadata: an arena's first blocks share the
-/// arena state's last page.
-fn init_mixed(s: &mut SlabState, ss: *const SuperSlab, idx: usize) -> (*mut u8, *mut u8) {
-    let start = if idx == 0 {
-        SuperSlab::slab_start(ss, 0).wrapping_add(crate::arena::BLOCKS_FROM)
+/// The whole range of mixed slab `idx` of `ss`. In slab 0 it starts right
+/// after the metadata: an arena's first blocks share the arena state's
+/// last page.
+pub(crate) fn mixed_range(ss: *const SuperSlab, idx: usize) -> (*mut u8, *mut u8) {
+    let slab = SuperSlab::slab_start(ss, idx);
+    let skip = if idx == 0 {
+        crate::arena::BLOCKS_FROM
     } else {
-        SuperSlab::slab_start(ss, idx)
+        0
     };
-    let end = SuperSlab::slab_start(ss, idx).wrapping_add(SLAB_SIZE);
+    (slab.wrapping_add(skip), slab.wrapping_add(SLAB_SIZE))
+}
+
+/// Lays out slab `idx` of `ss` as a mixed slab; returns its range.
+fn init_mixed(s: &mut SlabState, ss: *const SuperSlab, idx: usize) -> (*mut u8, *mut u8) {
+    let (start, end) = mixed_range(ss, idx);
     s.use_ = Use::Mixed;
-    s.bump = start;
+    // Nothing parked: the whole range goes to a cache.
+    s.bump = end;
     s.end = end;
     s.in_partial = false;
     crate::asan::poison(start, end as usize - start as usize);

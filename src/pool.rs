@@ -73,8 +73,9 @@ pub(crate) struct Pool {
     avail: *const SuperSlab,
     pub(crate) superslabs: usize,
     spare: usize,
-    /// Mixed slabs held (see [`crate::slab`]); at most [`MAX_MIXED`].
-    pub(crate) mixed: usize,
+    /// Mixed slabs held (see [`crate::slab`]): the first `mixed` entries.
+    mixed_at: [(*const SuperSlab, usize); MAX_MIXED],
+    mixed: usize,
     /// Emptied slabs that may be resident (see the module docs).
     resident: u64,
     /// Huge blocks (their own mappings), doubly linked.
@@ -98,6 +99,7 @@ impl Pool {
             avail: null(),
             superslabs: 0,
             spare: 0,
+            mixed_at: [(null(), 0); MAX_MIXED],
             mixed: 0,
             resident: 0,
             huge: null_mut(),
@@ -106,6 +108,30 @@ impl Pool {
         // SAFETY: forwarded contract.
         unsafe { pool.link(home) };
         pool
+    }
+
+    /// The mixed slabs held.
+    pub(crate) fn mixed_slabs(&self) -> &[(*const SuperSlab, usize)] {
+        &self.mixed_at[..self.mixed]
+    }
+
+    /// Notes slab `idx` of `ss` as a mixed slab (fewer than [`MAX_MIXED`]).
+    pub(crate) fn add_mixed(&mut self, ss: *const SuperSlab, idx: usize) {
+        self.mixed_at[self.mixed] = (ss, idx);
+        self.mixed += 1;
+    }
+
+    /// Forgets mixed slab `idx` of `ss`.
+    pub(crate) fn remove_mixed(&mut self, ss: *const SuperSlab, idx: usize) {
+        let k = self.mixed_slabs().iter().position(|&m| m == (ss, idx));
+        let k = k.expect("a mixed slab the pool knows");
+        self.mixed -= 1;
+        self.mixed_at[k] = self.mixed_at[self.mixed];
+    }
+
+    /// Forgets every mixed slab (a reset lays them out again).
+    pub(crate) fn clear_mixed(&mut self) {
+        self.mixed = 0;
     }
 
     pub(crate) fn held_bytes(&self) -> usize {

@@ -50,8 +50,10 @@ pub(crate) enum Use {
     SpanHead(u8),
     /// A later slab of a large block.
     SpanTail,
-    /// A mixed slab (see the module docs): `bump..end` is its whole range.
-    /// Its state is the pool lock's, its count [`Slab::mixed_put`]'s.
+    /// A mixed slab (see the module docs): `bump..end` is an uncarved rest
+    /// a cache gave back, parked for the next one (empty when a cache holds
+    /// the range). Its state is the pool lock's, its count
+    /// [`Slab::mixed_put`]'s.
     Mixed,
 }
 
@@ -157,6 +159,27 @@ impl Slab {
         self.mixed.store(bytes as u64 + 1, Ordering::Relaxed);
     }
 
+    /// Takes a hold on `bytes` parked in a mixed slab (pool lock held), as
+    /// [`Self::mixed_init`] does for a whole range. False if the count is
+    /// 0 already: the slab is empty and its emptier is about to free it.
+    pub(crate) fn mixed_hold(&self, bytes: u32) -> bool {
+        let mut v = self.mixed.load(Ordering::Relaxed);
+        loop {
+            if v as u32 == 0 {
+                return false;
+            }
+            match self.mixed.compare_exchange_weak(
+                v,
+                v + bytes as u64 + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => v = now,
+            }
+        }
+    }
+
     /// Clears the count of a mixed slab leaving its use (pool lock held,
     /// nothing of it out).
     pub(crate) fn mixed_clear(&self) {
@@ -181,12 +204,22 @@ impl Slab {
         let delta = ((blocks as i64 as u64) << 32).wrapping_sub(bytes as u64);
         // AcqRel: the thread that empties the slab sees every other
         // return's writes to the memory before reusing it.
-        let old = self.mixed.fetch_add(delta, Ordering::AcqRel) as u32;
+        let old = self.mixed.fetch_add(delta, Ordering::AcqRel);
         assert!(
-            old >= bytes,
+            old as u32 >= bytes,
             "smallmid: a block freed twice, or not from this arena (mixed slab)"
         );
-        old == bytes
+        let empty = old as u32 == bytes;
+        // Empty means no cache holds the range, so every carved block was
+        // reported: the block count is 0 too, unless a block came back with
+        // another class's size.
+        assert!(
+            !empty || old.wrapping_add(delta) == 0,
+            "smallmid: a block freed with a layout of another size class (mixed slab emptied \
+             with {} blocks out): wrong layout or double free",
+            (old.wrapping_add(delta) >> 32) as u32 as i32
+        );
+        empty
     }
 
     /// Runs `f` on the state.
