@@ -508,3 +508,27 @@ fn mixed_range_return_races_remote_flush() {
         assert_eq!(arena.stats().superslabs, 1);
     });
 }
+
+/// 15. A cache parks the rest of its mixed range and takes it back (or a
+///     fresh slab) while another thread flushes the range's other block:
+///     the parked rest is taken only from a slab that is not being freed.
+#[test]
+fn parked_mixed_rest_races_remote_flush() {
+    model_bounded(3, || {
+        let arena = Arc::new(SmallMidArena::new());
+        let b1 = alloc(&arena, L256, 1);
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            free(&a2, b1);
+            a2.flush_thread_cache();
+        });
+        arena.flush_thread_cache(); // parks the rest, or frees the slab
+        let b2 = alloc(&arena, L1K, 2); // the parked rest, or a fresh slab
+        t.join().unwrap();
+        free(&arena, b2);
+        assert_eq!(out(&arena), 0);
+        let audit = arena.audit();
+        assert_eq!((audit.blocks_out, audit.mixed_slabs), (0, 0), "{audit:?}");
+        assert_eq!(arena.stats().superslabs, 1);
+    });
+}
