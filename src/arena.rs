@@ -448,7 +448,7 @@ impl ArenaState {
             let (mix, want, used) = unsafe { c.with(|i| (i.had_mixed(), i.ranged(), i.clear())) };
             let mut t = used;
             while t != 0 {
-                c.counters[t.trailing_zeros() as usize].take();
+                c.counters[t.trailing_zeros() as usize].clear();
                 t &= t - 1;
             }
             takers.push((c, want, mix));
@@ -609,7 +609,7 @@ impl ArenaState {
         // SAFETY: our own cache; clean, so its ranges are whole slabs.
         let mut t = unsafe { c.with(|i| i.rewind()) };
         while t != 0 {
-            c.counters[t.trailing_zeros() as usize].take();
+            c.counters[t.trailing_zeros() as usize].clear();
             t &= t - 1;
         }
         m.zero();

@@ -64,6 +64,10 @@ pub(crate) struct ClassCache {
 
 /// Classes carved from a mixed slab (see [`crate::slab`]).
 const MIXED_CLASSES: usize = crate::size_class::index_for_size(MIXED_MAX) + 1;
+/// Their bits in a `touched` mask: a cache with a mixed range counts as
+/// having touched them all, so carving writes no mask (which classes want
+/// slabs at a reset comes from [`Inner::ranged`], not from this).
+const MIXED_MASK: u64 = (1 << MIXED_CLASSES) - 1;
 
 /// What a carve of each class takes from a mixed range: its size and
 /// alignment mask; past [`MIXED_MAX`] a size no range holds, so the
@@ -165,6 +169,20 @@ impl ClassCounters {
         }
     }
 
+    /// Zeroes the counters (their writer excluded, as for [`Self::take`]):
+    /// stores only, for a reset that drops what they counted.
+    pub(crate) fn clear(&self) {
+        for a in [
+            &self.allocs,
+            &self.frees,
+            &self.refills,
+            &self.flushes,
+            &self.cross,
+        ] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn read(&self) -> Counts {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Counts {
@@ -260,20 +278,21 @@ impl Inner {
     /// Carves a block of `class` from the mixed range; null when it has no
     /// room (or the class is too large for it).
     ///
-    /// Cost: a table load, an align-up, a compare, two stores and an add.
+    /// Cost: a table load, an align-up, a compare, a store and an add.
     #[inline(always)]
     fn carve(&mut self, class: usize) -> *mut u8 {
         let (size, mask) = CARVE[class];
         let m = &mut self.mix;
-        let pad = (m.bump as usize).wrapping_neg() & mask as usize;
-        if m.bump as usize + pad + size as usize > m.end as usize {
+        // Short dependency chain from one carve to the next: add, and, add.
+        let bump = m.bump.addr();
+        let b = (bump + mask as usize) & !(mask as usize);
+        let next = b + size as usize;
+        if next > m.end.addr() {
             return null_mut();
         }
-        let b = m.bump.wrapping_add(pad);
-        m.bump = b.wrapping_add(size as usize);
-        m.acct += (1 << 32) | pad as u64;
-        self.touched |= 1 << class;
-        b
+        m.bump = m.bump.with_addr(next);
+        m.acct += (1 << 32) | (b - bump) as u64;
+        m.end.with_addr(b)
     }
 
     /// Gives the cache the mixed range `[start, end)`, whole.
@@ -285,6 +304,7 @@ impl Inner {
             acct: 0,
             taken: true,
         };
+        self.touched |= MIXED_MASK;
     }
 
     /// Classes this cache holds a class slab's range for (whole or used
