@@ -460,8 +460,9 @@ impl ArenaState {
     }
 
     /// Retires the cache in `slot`: with `flush`, its blocks and ranges go
-    /// back to their slabs (else the caller resets every slab); its counters
-    /// are folded into the arena's; it goes idle for the next thread.
+    /// back to their slabs and its counters are folded into the arena's
+    /// (else the caller resets every slab and every counter); it goes idle
+    /// for the next thread.
     /// Returns its owner, whose reference the cache held.
     ///
     /// # Safety
@@ -493,7 +494,16 @@ impl ArenaState {
                 i.clear()
             })
         };
-        m.fold(&c.counters, touched);
+        if flush {
+            m.fold(&c.counters, touched);
+        } else {
+            // A detach for a reset or a drop: what it counted goes anyway.
+            let mut t = touched;
+            while t != 0 {
+                c.counters[t.trailing_zeros() as usize].clear();
+                t &= t - 1;
+            }
+        }
         slot.store(null_mut(), Ordering::Release);
         m.attached(tid as usize, false);
         m.idle.push(p);
