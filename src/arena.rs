@@ -328,6 +328,7 @@ impl Drop for SmallMidArena {
         // SAFETY: we hold the only handle, so no allocation or free of ours
         // is in flight and every block is dead from now on.
         unsafe { ArenaState::recycle_or_destroy(self.state.as_ptr()) }
+        crate::huge_cache::tick();
     }
 }
 

@@ -9,13 +9,16 @@
 //!   just below the block. The arena keeps huge blocks on a list, so
 //!   dropping the arena unmaps them too. A mapping of [`HUGE_PAGE`] or more
 //!   is aligned to it and asks for transparent huge pages: a 256 MiB block
-//!   then faults 128 times, not 65,536.
+//!   then faults 128 times, not 65,536. A freed huge block's mapping is
+//!   kept for a while for the next one of about its size, process-wide
+//!   (see [`crate::huge_cache`]).
 //!
 //! Which kind serves a layout depends only on the layout (see [`kind`]),
 //! and every size between a request and the returned length gives the same
 //! kind, so `deallocate` with any fitting layout finds the block.
 
 use crate::arena::ArenaState;
+use crate::huge_cache;
 use crate::os::{self, HUGE_PAGE, PAGE};
 use crate::pool::Pool;
 use crate::slab::SLAB_SIZE;
@@ -136,10 +139,27 @@ impl ArenaState {
         } else {
             lead
         };
-        let base = os::map(len, map_align).ok_or(AllocError)?;
-        if map_align >= HUGE_PAGE {
-            os::advise_huge(base, len);
-        }
+        // A kept mapping of about this size first (see `huge_cache`).
+        let cached = huge_cache::take(len, map_align).and_then(|m| {
+            if pool.fits(m.len) {
+                Some(m)
+            } else {
+                // SAFETY: just taken from the cache, reachable from nothing.
+                unsafe { huge_cache::put(m) };
+                None
+            }
+        });
+        let (base, len, map_align) = match cached {
+            Some(m) => (m.base, m.len, m.map_align),
+            None => {
+                let base = os::map(len, map_align).ok_or(AllocError)?;
+                if map_align >= HUGE_PAGE {
+                    os::advise_huge(base, len);
+                }
+                (base, len, map_align)
+            }
+        };
+        let usable = len - lead;
         // SAFETY: `lead < len`, so the block and its header are inside the
         // mapping; the header slot is below the block and 8-aligned.
         let (block, header) = unsafe {
@@ -210,8 +230,15 @@ impl ArenaState {
                         ((*h).base, (*h).len, (*h).align, (*h).map_align)
                     }
                 };
-                // SAFETY: the mapping was made with exactly these values.
-                unsafe { os::unmap(base, len, map_align) };
+                // SAFETY: the mapping was made with exactly these values;
+                // off the arena's list, nothing reaches it.
+                unsafe {
+                    huge_cache::put(huge_cache::Mapping {
+                        base,
+                        len,
+                        map_align,
+                    })
+                };
                 self.count_large_free(len - align);
             }
         }
@@ -355,9 +382,16 @@ pub(crate) unsafe fn unmap_all_huge(pool: &mut Pool) {
     pool.huge_bytes = 0;
     while !h.is_null() {
         // SAFETY: list members are live until unmapped here.
-        let (base, len, align, next) = unsafe { ((*h).base, (*h).len, (*h).map_align, (*h).next) };
+        let (base, len, map_align, next) =
+            unsafe { ((*h).base, (*h).len, (*h).map_align, (*h).next) };
         // SAFETY: the mapping was made with these values and is unused.
-        unsafe { os::unmap(base, len, align) };
+        unsafe {
+            huge_cache::put(huge_cache::Mapping {
+                base,
+                len,
+                map_align,
+            })
+        };
         h = next;
     }
 }

@@ -18,6 +18,7 @@ mod central;
 mod checked;
 pub mod collections;
 mod extras;
+mod huge_cache;
 mod large;
 mod os;
 mod pool;

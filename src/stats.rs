@@ -264,6 +264,11 @@ pub struct GlobalStats {
     /// Slabs emptied inside live arenas and kept resident for reuse; past
     /// 256 (16 MiB) an arena emptying one decommits its own.
     pub resident_free_slabs: u64,
+    /// Freed huge blocks' mappings kept for reuse (at most 8 and 128 MiB,
+    /// each for at most the decay period).
+    pub huge_cached: usize,
+    /// Their bytes.
+    pub huge_cached_bytes: usize,
     /// Live arenas.
     pub arenas_alive: usize,
     /// Threads with a front-cache index: threads that used an arena and
@@ -285,6 +290,7 @@ pub fn global_stats() -> GlobalStats {
     let (mmaps, munmaps) = os::counters();
     let (cached, in_use, limit) = warm::counts();
     let (regions, cold) = warm::region_counts();
+    let (huge_cached, huge_cached_bytes) = crate::huge_cache::counts();
     GlobalStats {
         mmaps,
         munmaps,
@@ -296,6 +302,8 @@ pub fn global_stats() -> GlobalStats {
         reserved_bytes: regions * warm::REGION_SIZE,
         decommitted_superslabs: cold,
         resident_free_slabs: crate::pool::resident_free_slabs(),
+        huge_cached,
+        huge_cached_bytes,
         arenas_alive: thread::live_arenas(),
         threads: thread::threads(),
     }
@@ -305,7 +313,8 @@ pub fn global_stats() -> GlobalStats {
 /// (decommits them; they stay reserved for reuse without a new mapping);
 /// returns how many. The calling thread's recycled spare arena and the
 /// shared spares are released first, so their memory goes too (other
-/// threads' own spares go when those threads exit).
+/// threads' own spares go when those threads exit), and the kept mappings
+/// of freed huge blocks are unmapped.
 ///
 /// The cache also shrinks by itself two decay epochs (about 2 s) after
 /// demand falls, at the next arena drop.
@@ -318,6 +327,7 @@ pub fn global_stats() -> GlobalStats {
 /// ```
 pub fn trim_warm_cache() -> usize {
     crate::arena::release_spares();
+    crate::huge_cache::trim();
     warm::trim()
 }
 
@@ -342,7 +352,7 @@ impl fmt::Display for GlobalStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({}, cap {}), {} decommitted, {} free slabs resident, {} regions ({}), {} mmaps, {} munmaps",
+            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({}, cap {}), {} decommitted, {} free slabs resident, {} huge mappings kept ({}), {} regions ({}), {} mmaps, {} munmaps",
             self.arenas_alive,
             self.threads,
             self.superslabs_in_use,
@@ -351,6 +361,8 @@ impl fmt::Display for GlobalStats {
             Bytes(self.warm_limit_bytes as u64),
             self.decommitted_superslabs,
             self.resident_free_slabs,
+            self.huge_cached,
+            Bytes(self.huge_cached_bytes as u64),
             self.regions,
             Bytes(self.reserved_bytes as u64),
             self.mmaps,

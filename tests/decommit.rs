@@ -198,3 +198,55 @@ fn a_live_arena_that_frees_most_blocks_gives_pages_back() {
         unsafe { arena.deallocate(p, l) };
     }
 }
+
+#[test]
+fn freed_huge_blocks_are_reused_without_a_mapping() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    trim_warm_cache();
+    let arena = SmallMidArena::new();
+    let l = Layout::from_size_align(6 << 20, 8).unwrap();
+    let first = arena.allocate(l).unwrap();
+    // SAFETY: a fresh block of `l.size()` bytes.
+    unsafe { first.cast::<u8>().as_ptr().write_bytes(1, l.size()) };
+    // SAFETY: allocated just above with `l`.
+    unsafe { arena.deallocate(first.cast(), l) };
+    let g = global_stats();
+    assert_eq!(g.huge_cached, 1, "{g}");
+    // A table growing again, in another arena: the same mapping, no mmap,
+    // every page already there.
+    let other = SmallMidArena::new();
+    let l2 = Layout::from_size_align((6 << 20) - 4096, 8).unwrap();
+    let again = other.allocate(l2).unwrap();
+    let g2 = global_stats();
+    assert_eq!((g2.mmaps, g2.huge_cached), (g.mmaps, 0), "{g2}");
+    assert!(again.len() >= l2.size());
+    // SAFETY: a block of at least `l2.size()` bytes.
+    unsafe { again.cast::<u8>().as_ptr().write_bytes(2, l2.size()) };
+    drop(other); // its huge block goes to the cache too
+    assert_eq!(global_stats().huge_cached, 1);
+    // Far larger or smaller requests do not take it.
+    let big = Layout::from_size_align(32 << 20, 8).unwrap();
+    let b = arena.allocate(big).unwrap();
+    assert!(global_stats().mmaps > g.mmaps);
+    // SAFETY: allocated just above.
+    unsafe { arena.deallocate(b.cast(), big) };
+    // Bounded: 8 mappings, 128 MiB.
+    let many: Vec<_> = (0..12)
+        .map(|i| {
+            let l = Layout::from_size_align((2 + 2 * i) << 20, 8).unwrap();
+            (arena.allocate(l).unwrap(), l)
+        })
+        .collect();
+    for (p, l) in many {
+        // SAFETY: allocated above with `l`.
+        unsafe { arena.deallocate(p.cast(), l) };
+    }
+    let g3 = global_stats();
+    assert!(
+        g3.huge_cached <= 8 && g3.huge_cached_bytes <= 128 << 20,
+        "{g3}"
+    );
+    trim_warm_cache();
+    let g4 = global_stats();
+    assert_eq!((g4.huge_cached, g4.huge_cached_bytes), (0, 0), "{g4}");
+}
