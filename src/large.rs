@@ -150,7 +150,11 @@ impl ArenaState {
             }
         });
         let (base, len, map_align) = match cached {
-            Some(m) => (m.base, m.len, m.map_align),
+            Some(m) => {
+                // The cache poisoned it all; the header goes below the block.
+                crate::asan::unpoison(m.base.as_ptr(), lead);
+                (m.base, m.len, m.map_align)
+            }
             None => {
                 let base = os::map(len, map_align).ok_or(AllocError)?;
                 if map_align >= HUGE_PAGE {

@@ -132,3 +132,26 @@ fn long_lived_blocks_pin_a_bounded_number_of_mixed_slabs() {
     let au = arena.audit();
     assert_eq!((au.blocks_out, au.mixed_slabs), (0, 0), "{au:?}");
 }
+
+/// Freed huge blocks' mappings go to the process-wide huge cache and come
+/// back to the next arena: every byte usable, the header rewritten (ASan
+/// checks the poisoning in CI), limits still exact.
+#[test]
+fn huge_mappings_come_back_to_other_arenas() {
+    for round in 0..4u8 {
+        let a = SmallMidArena::new();
+        let l = Layout::from_size_align((3 << 20) + round as usize * 4096, 4096).unwrap();
+        let p = a.allocate(l).unwrap();
+        assert!(p.len() >= l.size());
+        // SAFETY: a fresh block of at least `l.size()` bytes.
+        unsafe {
+            let b = p.cast::<u8>().as_ptr();
+            b.write_bytes(round, l.size());
+            assert_eq!(*b.add(l.size() - 1), round);
+            a.deallocate(p.cast(), l);
+        }
+        // Under a 2 MiB limit no cached 3 MiB mapping is handed out.
+        let small = SmallMidArena::builder().memory_limit(2 << 20).build();
+        assert!(small.allocate(l).is_err());
+    }
+}
