@@ -262,7 +262,7 @@ pub struct GlobalStats {
     /// decommitted): they cost address space, not memory.
     pub decommitted_superslabs: usize,
     /// Slabs emptied inside live arenas and kept resident for reuse; past
-    /// 256 (16 MiB) an arena emptying one decommits its own.
+    /// 256 (16 MiB) an arena emptying one decommits its own down to 4.
     pub resident_free_slabs: u64,
     /// Freed huge blocks' mappings kept for reuse (at most 8 and 128 MiB,
     /// each for at most the decay period).

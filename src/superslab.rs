@@ -30,6 +30,9 @@ pub(crate) struct PoolLinks {
     /// Bit `i` set: slab `i` is free, emptied while the arena lived, and
     /// maybe still resident (counted in the pool's `resident`).
     pub(crate) resident: u16,
+    /// From a region advised for transparent huge pages: its free slabs
+    /// are never decommitted one by one (that would split a 2 MiB page).
+    pub(crate) huge_paged: bool,
     /// Links in the arena's list of all its SuperSlabs.
     pub(crate) all_prev: *const SuperSlab,
     pub(crate) all_next: *const SuperSlab,
@@ -62,6 +65,7 @@ impl SuperSlab {
             links: UnsafeCell::new(PoolLinks {
                 free_mask: ALL_FREE,
                 resident: 0,
+                huge_paged: false,
                 all_prev: null(),
                 all_next: null(),
                 in_avail: false,

@@ -153,50 +153,63 @@ fn regions_and_huge_blocks_get_huge_pages() {
 }
 
 #[test]
-fn a_live_arena_that_frees_most_blocks_gives_pages_back() {
+fn live_arenas_that_free_most_blocks_give_pages_back() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let arena = SmallMidArena::new();
-    // 64 MiB of 2 KiB blocks (32 per class slab), every page written.
+    // 16 arenas of 3.5 MiB of 2 KiB blocks (32 per class slab), every page
+    // written: small-paged SuperSlabs only (an arena's first four).
     let l = Layout::from_size_align(2000, 8).unwrap();
-    let blocks: Vec<_> = (0..(64 << 20) / 2048)
+    let per = (7 << 19) / 2048;
+    let arenas: Vec<_> = (0..16)
         .map(|_| {
-            let p = arena.allocate(l).unwrap().cast::<u8>();
-            // SAFETY: a fresh block of `l.size()` bytes.
-            unsafe { p.as_ptr().write_bytes(7, l.size()) };
-            p
+            let a = SmallMidArena::new();
+            let blocks: Vec<_> = (0..per)
+                .map(|_| {
+                    let p = a.allocate(l).unwrap().cast::<u8>();
+                    // SAFETY: a fresh block of `l.size()` bytes.
+                    unsafe { p.as_ptr().write_bytes(7, l.size()) };
+                    p
+                })
+                .collect();
+            (a, blocks)
         })
         .collect();
     let peak = rss_bytes();
     let before = global_stats();
     // Free all but one block in every other slab: half the slabs empty
     // while every SuperSlab stays in use (nothing goes to the warm cache).
-    for (i, &p) in blocks.iter().enumerate() {
-        if i % 64 != 0 {
-            // SAFETY: allocated above with `l`, freed once.
-            unsafe { arena.deallocate(p, l) };
+    for (a, blocks) in &arenas {
+        for (i, &p) in blocks.iter().enumerate() {
+            if i % 64 != 0 {
+                // SAFETY: allocated above with `l`, freed once.
+                unsafe { a.deallocate(p, l) };
+            }
         }
+        a.flush_thread_cache();
     }
-    arena.flush_thread_cache();
     let after = rss_bytes();
     let g = global_stats();
     assert_eq!(g.superslabs_in_use, before.superslabs_in_use, "{g}");
     assert!(
-        after + (24 << 20) < peak,
+        after + (12 << 20) < peak,
         "RSS {} MiB after freeing most blocks, {} MiB at the peak: {g}",
         after >> 20,
         peak >> 20,
     );
     assert!(g.resident_free_slabs <= 256 + 16, "{g}");
     assert_eq!(g.mmaps, before.mmaps, "decommit unmaps nothing: {g}");
-    // The same load again reuses the arena's own slabs: no new mapping.
-    let again: Vec<_> = (0..(32 << 20) / 2048)
-        .map(|_| arena.allocate(l).unwrap().cast::<u8>())
-        .collect();
-    assert_eq!(global_stats().mmaps, before.mmaps);
-    for p in again.into_iter().chain(blocks.into_iter().step_by(64)) {
-        // SAFETY: allocated above with `l`, freed once.
-        unsafe { arena.deallocate(p, l) };
+    // The same load again reuses the arenas' own slabs: no new mapping.
+    for (a, blocks) in arenas {
+        let again: Vec<_> = (0..per / 2).map(|_| a.allocate(l).unwrap()).collect();
+        for p in again
+            .into_iter()
+            .map(|p| p.cast())
+            .chain(blocks.into_iter().step_by(64))
+        {
+            // SAFETY: allocated above with `l`, freed once.
+            unsafe { a.deallocate(p, l) };
+        }
     }
+    assert_eq!(global_stats().mmaps, before.mmaps);
 }
 
 #[test]
