@@ -171,8 +171,9 @@ impl ArenaState {
             (block, huge_header(block))
         };
         let old = pool.huge;
-        // SAFETY: `header` is in our fresh mapping; `old` is a live header
-        // on the pool's list (pool lock held).
+        // SAFETY: `header` is in our mapping (fresh, or from the huge cache:
+        // unused, unpoisoned below the block); `old` is a live header on
+        // the pool's list (pool lock held).
         unsafe {
             header.write(HugeHeader {
                 arena: self,
