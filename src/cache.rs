@@ -97,9 +97,10 @@ pub(crate) struct Mix {
     /// and bytes skipped to align them (low: out of the slab until the
     /// range goes back). One word: one add per carve.
     acct: u64,
-    /// A mixed range was taken since the cache was attached or the arena
-    /// reset: one per cache and epoch, so a mixed slab pinned by a few
-    /// long-lived blocks is never followed by another.
+    /// A fresh mixed slab was taken (or refused) since the cache was
+    /// attached or the arena reset: one per cache and epoch, so a mixed
+    /// slab pinned by a few long-lived blocks is not followed by another.
+    /// Rests parked by other caches may still be taken (they add no slab).
     taken: bool,
 }
 
