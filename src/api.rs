@@ -178,7 +178,18 @@ impl ArenaState {
             class_for(old.size(), old.align()),
             class_for(new.size(), new.align()),
         ) {
-            (Some(a), Some(b)) => (a == b).then_some(CLASS_SIZE[a] as usize),
+            (Some(a), Some(b)) if a == b => Some(CLASS_SIZE[a] as usize),
+            (Some(a), Some(b)) => {
+                // SAFETY: per contract a live block of class `a`.
+                let resized = unsafe { self.resize_small_in_place(ptr.as_ptr(), a, b) };
+                let (old_len, len) = (CLASS_SIZE[a] as usize, CLASS_SIZE[b] as usize);
+                if resized && len > old_len {
+                    asan::unpoison(ptr.as_ptr(), len);
+                } else if resized {
+                    asan::poison(ptr.as_ptr().wrapping_add(len), old_len - len);
+                }
+                resized.then_some(len)
+            }
             (None, None) => match (
                 large::kind(old.size(), old.align()),
                 large::kind(new.size(), new.align()),

@@ -173,13 +173,14 @@ impl ClassCounters {
     /// Zeroes the counters (their writer excluded, as for [`Self::take`]):
     /// stores only, for a reset that drops what they counted.
     pub(crate) fn clear(&self) {
-        for a in [
+        let all = [
             &self.allocs,
             &self.frees,
             &self.refills,
             &self.flushes,
             &self.cross,
-        ] {
+        ];
+        for a in all {
             a.store(0, Ordering::Relaxed);
         }
     }
@@ -294,6 +295,27 @@ impl Inner {
         m.bump = m.bump.with_addr(next);
         m.acct += (1 << 32) | (b - bump) as u64;
         m.end.with_addr(b)
+    }
+
+    /// Resizes block `b` of class `from` to class `to` in place if it is
+    /// the last block carved from the mixed range and the range has room:
+    /// a `Vec` growing (or shrinking) at the end of what was carved moves
+    /// nothing, as in a bump allocator. The block count and the alignment
+    /// padding in `acct` stay as they are; the block's bytes go back with
+    /// its new class when it is freed.
+    fn resize_tail(&mut self, b: *mut u8, from: usize, to: usize) -> bool {
+        let m = &mut self.mix;
+        let (old, _) = CARVE[from];
+        let (new, mask) = CARVE[to];
+        let a = b.addr();
+        let fits = a >= m.start.addr()
+            && a + old as usize == m.bump.addr()
+            && a & mask as usize == 0
+            && a + new as usize <= m.end.addr();
+        if fits {
+            m.bump = m.bump.with_addr(a + new as usize);
+        }
+        fits
     }
 
     /// Gives the cache the mixed range `[start, end)`, whole.
@@ -621,6 +643,31 @@ impl ArenaState {
                 drop(unsafe { Box::from_raw(p) });
             }
         }
+    }
+
+    /// Resizes block `b` from class `from` to `to` in place, if it is the
+    /// last one this thread's cache carved from its mixed range and the
+    /// range has room. Both classes are at most [`MIXED_MAX`].
+    ///
+    /// # Safety
+    /// `b` is a live block of this arena of class `from`; on `true` it is
+    /// a block of class `to`.
+    pub(crate) unsafe fn resize_small_in_place(&self, b: *mut u8, from: usize, to: usize) -> bool {
+        if from >= MIXED_CLASSES || to >= MIXED_CLASSES {
+            return false;
+        }
+        let Some(c) = self.cache() else {
+            return false;
+        };
+        // SAFETY: this thread owns its cache; a live block at the carve
+        // point was carved by it (blocks of other ranges or epochs cannot
+        // end at its bump pointer inside its range).
+        if !unsafe { c.with(|i| i.resize_tail(b, from, to)) } {
+            return false;
+        }
+        bump(&c.counters[from].frees, 1);
+        bump(&c.counters[to].allocs, 1);
+        true
     }
 
     /// Allocates a block of `class`.

@@ -161,3 +161,96 @@ fn huge_mappings_come_back_to_other_arenas() {
         assert!(small.allocate(l).is_err());
     }
 }
+
+#[test]
+fn the_last_carved_block_grows_and_shrinks_in_place() {
+    // Classes of 40, 56 and 80 bytes need 8, 8 and 16-byte alignment: a
+    // block at the carve point grows in place while its address has the
+    // new class's alignment, and moves (contents kept) when it has not.
+    let arena = SmallMidArena::new();
+    let l = |n| Layout::from_size_align(n, 8).unwrap();
+    let keep = arena.allocate(l(8)).unwrap(); // the range's first block
+    let b = arena.allocate(l(40)).unwrap().cast::<u8>();
+    // SAFETY: a live 40-byte block.
+    unsafe { b.as_ptr().write_bytes(9, 40) };
+    // SAFETY: live with layout l(40).
+    let g = unsafe { arena.grow(b, l(40), l(56)) }.unwrap();
+    assert_eq!(g.cast::<u8>(), b, "40 -> 56 at the tail moved");
+    assert_eq!(g.len(), 56);
+    // SAFETY: live with layout l(56).
+    let s = unsafe { arena.shrink(b, l(56), l(40)) }.unwrap();
+    assert_eq!(s.cast::<u8>(), b, "56 -> 40 at the tail moved");
+    let next = arena.allocate(l(8)).unwrap().cast::<u8>();
+    assert_eq!(
+        next.as_ptr() as usize,
+        b.as_ptr() as usize + 40,
+        "shrunk bytes not back"
+    );
+    // No longer at the tail: growing copies.
+    // SAFETY: live with layout l(40).
+    let m = unsafe { arena.grow(b, l(40), l(80)) }.unwrap().cast::<u8>();
+    assert_ne!(m, b);
+    // SAFETY: the moved block keeps the first 40 bytes.
+    assert!(unsafe { core::slice::from_raw_parts(m.as_ptr(), 40) }
+        .iter()
+        .all(|&x| x == 9));
+    let aligned16 = m.as_ptr() as usize % 16 == 0;
+    // At the tail again: grows in place iff aligned for 112 (16).
+    // SAFETY: live with layout l(80).
+    let g = unsafe { arena.grow(m, l(80), l(112)) }
+        .unwrap()
+        .cast::<u8>();
+    assert_eq!(g == m, aligned16);
+    assert_eq!(arena.stats().blocks_in_use, 3);
+    // SAFETY: live blocks with these layouts.
+    unsafe {
+        arena.deallocate(g, l(112));
+        arena.deallocate(next, l(8));
+        arena.deallocate(keep.cast(), l(8));
+    }
+    // A growing Vec keeps its contents whether it moves or not.
+    let mut v = allocator_api2::vec::Vec::<u64, _>::new_in(&arena);
+    v.extend(0..300);
+    assert!(v.iter().copied().eq(0..300));
+    drop(v);
+    arena.flush_thread_cache();
+    let au = arena.audit();
+    assert_eq!((au.blocks_out, au.mixed_slabs), (0, 0), "{au:?}");
+}
+
+#[test]
+fn tail_growth_is_this_threads_only() {
+    // Another thread's tail: the block is not at this thread's carve point,
+    // so growing it here copies.
+    let arena = SmallMidArena::new();
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let b = std::thread::scope(|s| {
+        s.spawn(|| arena.allocate(l).unwrap().cast::<u8>().as_ptr() as usize)
+            .join()
+            .unwrap()
+    });
+    let b = core::ptr::NonNull::new(b as *mut u8).unwrap();
+    // SAFETY: a live 64-byte block of `arena`.
+    unsafe { b.as_ptr().write_bytes(5, 64) };
+    let own = arena.allocate(l).unwrap(); // this thread's range, tail here
+                                          // SAFETY: `b` is live with layout `l`.
+    let g = unsafe { arena.grow(b, l, Layout::from_size_align(128, 8).unwrap()) }.unwrap();
+    assert_ne!(g.cast::<u8>(), b);
+    assert_ne!(
+        g.cast::<u8>().as_ptr() as usize,
+        own.cast::<u8>().as_ptr() as usize
+    );
+    // SAFETY: the grown block holds the first 64 bytes.
+    assert!(
+        unsafe { core::slice::from_raw_parts(g.cast::<u8>().as_ptr(), 64) }
+            .iter()
+            .all(|&x| x == 5)
+    );
+    // SAFETY: live blocks with these layouts.
+    unsafe {
+        arena.deallocate(g.cast(), Layout::from_size_align(128, 8).unwrap());
+        arena.deallocate(own.cast(), l);
+    }
+    arena.flush_thread_cache();
+    assert_eq!(arena.audit().blocks_out, 0);
+}
