@@ -679,12 +679,21 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// Caps the memory this arena holds from the OS (SuperSlabs and huge
-    /// blocks at their mapped size). Past it, allocation returns
-    /// `AllocError`; freeing makes room again (blocks freed into the
-    /// allocating thread's front cache are reclaimed before an allocation
-    /// is refused). At least one SuperSlab (1 MiB) is needed to build the
-    /// arena.
+    /// Caps the memory this arena uses: the 64 KiB slabs holding its
+    /// blocks (a size class's slab, a mixed slab, a large block's run of
+    /// slabs) and its huge blocks at their mapped size
+    /// ([`crate::Stats::bytes_held`]). Past it, allocation returns
+    /// `AllocError`; freeing makes room again (a slab counts until its
+    /// last block is back; blocks freed into the allocating thread's front
+    /// cache are reclaimed before an allocation is refused). At least one
+    /// slab (64 KiB) is needed to build the arena; 64 KiB serve about
+    /// 57 KiB of blocks up to 1 KiB (the arena's state takes the rest of
+    /// its first slab), and a larger block needs a slab of its own.
+    ///
+    /// Not counted: the arena's state and the address space of its
+    /// SuperSlabs (free slabs are not used memory; a limited arena's are
+    /// never huge-paged, and emptied ones are decommitted past a
+    /// process-wide bound, see the README's Design).
     ///
     /// # Example
     /// ```
@@ -693,6 +702,12 @@ impl Builder {
     /// let arena = smallmid::SmallMidArena::builder().memory_limit(1 << 20).build();
     /// assert!(arena.allocate(Layout::new::<[u8; 2 << 20]>()).is_err()); // over the limit
     /// assert!(arena.try_alloc([0u8; 1024]).is_ok());
+    ///
+    /// let tiny = smallmid::SmallMidArena::builder().memory_limit(64 << 10).build();
+    /// let v: Vec<_> = std::iter::from_fn(|| tiny.try_alloc([0u8; 500]).ok()).collect();
+    /// assert!(v.len() > 100); // 512-byte blocks fill the slab's 57 KiB
+    /// assert_eq!(tiny.stats().bytes_held, 64 << 10);
+    /// # drop(v);
     /// ```
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
@@ -702,7 +717,7 @@ impl Builder {
     /// Builds the arena.
     ///
     /// # Panics
-    /// If the OS refuses memory or the memory limit is below 1 MiB.
+    /// If the OS refuses memory or the memory limit is below 64 KiB.
     ///
     /// # Example
     /// ```
@@ -713,7 +728,7 @@ impl Builder {
         match self.try_build() {
             Ok(a) => a,
             Err(_) => panic!(
-                "smallmid: cannot create an arena: out of memory or memory limit below 1 MiB"
+                "smallmid: cannot create an arena: out of memory or memory limit below 64 KiB"
             ),
         }
     }
@@ -722,7 +737,7 @@ impl Builder {
     ///
     /// # Errors
     /// `AllocError` if the OS refuses memory or the memory limit is below
-    /// one SuperSlab (1 MiB).
+    /// one slab (64 KiB).
     ///
     /// # Example
     /// ```
@@ -733,7 +748,7 @@ impl Builder {
     /// # Ok::<(), smallmid::AllocError>(())
     /// ```
     pub fn try_build(self) -> Result<SmallMidArena, AllocError> {
-        if self.memory_limit < SUPERSLAB_SIZE {
+        if self.memory_limit < SLAB_SIZE {
             return Err(AllocError);
         }
         if let Some(state) = take_spare(self.memory_limit) {

@@ -2,21 +2,25 @@
 //! address ownership and pre-reserved capacity.
 
 use crate::arena::SmallMidArena;
+use crate::slab::SLAB_SIZE;
 use crate::superslab::SUPERSLAB_SIZE;
 use crate::sync::{lock, Ordering};
 use allocator_api2::alloc::AllocError;
 
 impl SmallMidArena {
-    /// Bytes this arena holds from the OS right now: its SuperSlabs (1 MiB
-    /// each, used or not) plus its huge blocks' mappings. O(1): one pool
-    /// lock, no walk over threads or slabs.
+    /// Bytes this arena uses right now: its slabs holding blocks (64 KiB
+    /// each: a class's slab, a mixed slab, a large block's run) plus its
+    /// huge blocks' mappings. O(1): one pool lock, no walk over threads or
+    /// slabs.
     ///
     /// This is what the memory limit counts ([`Stats::bytes_held`]), not
     /// what is allocated: [`Stats::bytes_in_use`] sums the live blocks (at
     /// their block sizes) and needs a walk over every thread's cache.
     /// On an arena no thread is changing, `allocated_bytes()` is at least
     /// `stats().bytes_in_use`; the
-    /// difference is free space in slabs, free slabs and spare SuperSlabs.
+    /// difference is free space in used slabs (and blocks in caches). An
+    /// arena recycled warm by `new()` may start with the slabs its caches
+    /// kept (`flush_thread_cache()` gives them back).
     ///
     /// [`Stats::bytes_held`]: crate::Stats::bytes_held
     /// [`Stats::bytes_in_use`]: crate::Stats::bytes_in_use
@@ -24,11 +28,13 @@ impl SmallMidArena {
     /// # Example
     /// ```
     /// let arena = smallmid::SmallMidArena::new();
-    /// assert_eq!(arena.allocated_bytes(), 1 << 20); // the home SuperSlab
+    /// assert_eq!(arena.allocated_bytes(), 0); // nothing allocated yet
     /// let b = arena.alloc([0u8; 300]);
-    /// assert_eq!(arena.allocated_bytes(), 1 << 20); // served from it
+    /// assert_eq!(arena.allocated_bytes(), 64 << 10); // one slab in use
     /// assert_eq!(arena.stats().bytes_in_use, 320);  // one 320-byte block
-    /// # drop(b);
+    /// let c = arena.alloc([0u8; 300]);
+    /// assert_eq!(arena.allocated_bytes(), 64 << 10); // served from it
+    /// # drop((b, c));
     /// ```
     pub fn allocated_bytes(&self) -> usize {
         lock(&self.state().pool).held_bytes()
@@ -38,11 +44,11 @@ impl SmallMidArena {
     /// `set_allocation_limit`); `usize::MAX` removes it.
     ///
     /// If the arena holds more than `bytes`, the calling thread's front
-    /// cache is flushed and fully free SuperSlabs are given back first;
+    /// cache is flushed first (its blocks may keep slabs in use);
     /// if it still holds more, nothing changes and the result is an error.
     ///
     /// # Errors
-    /// `AllocError` if `bytes` is below one SuperSlab (1 MiB), or if the
+    /// `AllocError` if `bytes` is below one slab (64 KiB), or if the
     /// arena's live memory does not fit in `bytes`; the old limit stays.
     ///
     /// # Example
@@ -52,12 +58,12 @@ impl SmallMidArena {
     /// arena.set_memory_limit(2 << 20).unwrap();
     /// assert_eq!(arena.memory_limit(), 2 << 20);
     /// assert!(arena.allocate(Layout::new::<[u8; 4 << 20]>()).is_err());
-    /// assert!(arena.set_memory_limit(1000).is_err()); // below 1 MiB
+    /// assert!(arena.set_memory_limit(1000).is_err()); // below 64 KiB
     /// arena.set_memory_limit(usize::MAX).unwrap();    // no limit
     /// assert!(arena.allocate(Layout::new::<[u8; 4 << 20]>()).is_ok());
     /// ```
     pub fn set_memory_limit(&self, bytes: usize) -> Result<(), AllocError> {
-        if bytes < SUPERSLAB_SIZE {
+        if bytes < SLAB_SIZE {
             return Err(AllocError);
         }
         let st = self.state();
@@ -71,12 +77,9 @@ impl SmallMidArena {
         } else {
             bytes as u64
         };
-        let mut pool = lock(&st.pool);
+        let pool = lock(&st.pool);
         if pool.held_bytes() > bytes {
-            pool.release_free_superslabs();
-            if pool.held_bytes() > bytes {
-                return Err(AllocError);
-            }
+            return Err(AllocError);
         }
         // The limit is read under the pool lock: stored under it, no
         // allocation sees the new value with the old holdings.
@@ -116,8 +119,9 @@ impl SmallMidArena {
     /// Pre-reserves capacity: grows the arena until its SuperSlabs hold at
     /// least `bytes` (rounded up to whole 1 MiB SuperSlabs), so that the
     /// allocations that fill them make no system call. Already held
-    /// SuperSlabs count (used or not); huge blocks do not. The reserve
-    /// counts against the memory limit.
+    /// SuperSlabs count (used or not); huge blocks do not. Under a memory
+    /// limit, a reserve larger than the limit is refused (the arena could
+    /// never use it); reserved slabs count against the limit once used.
     ///
     /// Fully free SuperSlabs past one spare are handed to the process-wide
     /// warm cache when freed again, or when a limit needs room: a reserve
@@ -142,7 +146,8 @@ impl SmallMidArena {
             return Ok(());
         };
         let extra = more.checked_mul(SUPERSLAB_SIZE).ok_or(AllocError)?;
-        if !pool.fits(extra) {
+        if extra > isize::MAX as usize || bytes as u64 > self.state().limit.load(Ordering::Relaxed)
+        {
             return Err(AllocError);
         }
         for _ in 0..more {

@@ -127,12 +127,7 @@ impl ArenaState {
         }
         let mut pool = lock(&self.pool);
         if !pool.fits(len) {
-            // A fully free SuperSlab kept for reuse counts against the
-            // limit: give it back before refusing.
-            pool.release_free_superslabs();
-            if !pool.fits(len) {
-                return Err(AllocError);
-            }
+            return Err(AllocError);
         }
         let map_align = if os::HUGE_PAGES && len >= HUGE_PAGE {
             lead.max(HUGE_PAGE)

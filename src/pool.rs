@@ -11,7 +11,13 @@
 //! - every SuperSlab of the arena is on the `all` list, `superslabs` long;
 //! - a SuperSlab is on the `avail` list iff its `free_mask != 0`;
 //! - `spare` counts non-home SuperSlabs with `free_mask == ALL_FREE`;
-//! - `held_bytes() <= limit` (the arena's `limit`);
+//! - `used` is the number of clear bits in the SuperSlabs' `free_mask`s
+//!   (slabs holding blocks, a cache's range, or a span), and
+//!   `held_bytes() = used * SLAB_SIZE + huge_bytes <= limit` (the arena's
+//!   `limit`): the limit counts memory in use at slab granularity, not the
+//!   address space of SuperSlabs (a SuperSlab's free slabs are not memory
+//!   the arena uses; a limited arena's are never huge-paged, so the ones it
+//!   keeps resident are counted process-wide, below);
 //! - `resident` is the number of bits set in the SuperSlabs' `resident`
 //!   masks, each of which is also set in `free_mask`, and the process-wide
 //!   [`RESIDENT_FREE`] is the sum of every live pool's `resident`.
@@ -35,7 +41,7 @@ use crate::large::HugeHeader;
 use crate::os;
 use crate::slab::Use;
 use crate::slab::SLAB_SIZE;
-use crate::superslab::{SuperSlab, ALL_FREE, META, SLABS, SUPERSLAB_SIZE};
+use crate::superslab::{SuperSlab, ALL_FREE, META, SLABS};
 use crate::sync::{global, AtomicU64, Ordering};
 use crate::warm;
 use core::ptr::{null, null_mut, NonNull};
@@ -78,6 +84,8 @@ pub(crate) struct Pool {
     avail: *const SuperSlab,
     pub(crate) superslabs: usize,
     spare: usize,
+    /// Slabs claimed (see the invariants).
+    used: usize,
     /// Mixed slabs held (see [`crate::slab`]): the first `mixed` entries.
     mixed_at: [(*const SuperSlab, usize); MAX_MIXED],
     mixed: usize,
@@ -104,6 +112,7 @@ impl Pool {
             avail: null(),
             superslabs: 0,
             spare: 0,
+            used: 0,
             mixed_at: [(null(), 0); MAX_MIXED],
             mixed: 0,
             resident: 0,
@@ -140,15 +149,20 @@ impl Pool {
     }
 
     pub(crate) fn held_bytes(&self) -> usize {
-        self.superslabs * SUPERSLAB_SIZE + self.huge_bytes
+        self.used * SLAB_SIZE + self.huge_bytes
     }
 
-    /// Whether `bytes` more may be taken from the OS under the arena's limit.
+    /// The arena's limit (`u64::MAX`: none).
+    fn limit(&self) -> u64 {
+        // SAFETY: the pool lives inside its arena's state.
+        unsafe { (*self.arena).limit.load(Ordering::Relaxed) }
+    }
+
+    /// Whether `bytes` more may be used under the arena's limit.
     pub(crate) fn fits(&self, bytes: usize) -> bool {
         self.held_bytes()
             .checked_add(bytes)
-            // SAFETY: the pool lives inside its arena's state.
-            .is_some_and(|t| t as u64 <= unsafe { (*self.arena).limit.load(Ordering::Relaxed) })
+            .is_some_and(|t| t as u64 <= self.limit())
     }
 
     /// # Safety
@@ -235,14 +249,15 @@ impl Pool {
         self.superslabs -= 1;
     }
 
-    /// Adds a SuperSlab from the warm cache or the OS, within the limit.
+    /// Adds a SuperSlab from the warm cache or the OS (address space: the
+    /// limit counts the slabs claimed from it).
     pub(crate) fn grow(&mut self) -> Option<*const SuperSlab> {
-        if !self.fits(SUPERSLAB_SIZE) {
-            return None;
-        }
         // Huge pages pay once an arena is big: a few SuperSlabs are what a
         // request's arena with many size classes takes, one page per slab.
-        let dense = self.superslabs >= DENSE_SUPERSLABS;
+        // Not under a limit: a huge page would fill beyond the slabs the
+        // limit counts, and its free slabs could not be decommitted.
+        let limited = self.limit() != u64::MAX;
+        let dense = self.superslabs >= DENSE_SUPERSLABS && !limited;
         let base = warm::acquire(dense)?;
         // SAFETY: `acquire` hands out an unused, aligned SuperSlab.
         let ss = unsafe { SuperSlab::init(base.as_ptr(), self.arena) };
@@ -264,6 +279,8 @@ impl Pool {
         if mask == ALL_FREE && ss != self.home {
             self.spare -= 1;
         }
+        self.used += bits.count_ones() as usize;
+        debug_assert!(self.held_bytes() as u64 <= self.limit(), "over the limit");
         // SAFETY: pool lock held.
         let warm = unsafe {
             SuperSlab::links(ss, |l| {
@@ -295,6 +312,7 @@ impl Pool {
                 l.free_mask
             })
         };
+        self.used -= bits.count_ones() as usize;
         // SAFETY: pool lock held.
         if !unsafe { SuperSlab::links(ss, |l| l.in_avail) } {
             // SAFETY: it is not on the list.
@@ -383,8 +401,7 @@ impl Pool {
         self.forget_resident(self.resident);
     }
 
-    /// Gives every fully free SuperSlab but the home one to the warm cache
-    /// (they count against the limit while kept).
+    /// Gives every fully free SuperSlab but the home one to the warm cache.
     pub(crate) fn release_free_superslabs(&mut self) {
         let mut ss = self.all;
         while !ss.is_null() {
@@ -402,8 +419,11 @@ impl Pool {
         }
     }
 
-    /// Takes one free slab for a size class.
+    /// Takes one free slab for a size class, within the limit.
     pub(crate) fn take_slab(&mut self) -> Option<(*const SuperSlab, usize)> {
+        if !self.fits(SLAB_SIZE) {
+            return None;
+        }
         let ss = if self.avail.is_null() {
             self.grow()?
         } else {
@@ -450,8 +470,11 @@ impl Pool {
     }
 
     /// Takes `k` contiguous slabs (never slab 0) starting at an index that
-    /// is a multiple of `step`. Marks them as a span.
+    /// is a multiple of `step`, within the limit. Marks them as a span.
     pub(crate) fn take_span(&mut self, k: usize, step: usize) -> Option<(*const SuperSlab, usize)> {
+        if !self.fits(k * SLAB_SIZE) {
+            return None;
+        }
         let fit = |mask: u16| -> Option<usize> {
             let want = ((1u32 << k) - 1) as u16;
             (step..=SLABS - k)

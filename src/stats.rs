@@ -24,7 +24,8 @@ use core::fmt;
 /// assert_eq!(s.blocks_in_use, 1);
 /// assert_eq!(s.bytes_in_use, 320); // the 320-byte size class
 /// assert_eq!(s.superslabs, 1);     // the home SuperSlab
-/// assert!(s.to_string().starts_with("arena: 320 B in 1 blocks in use, 1.00 MiB held"));
+/// assert_eq!(s.bytes_held, 64 << 10);  // the slab it came from
+/// assert!(s.to_string().starts_with("arena: 320 B in 1 blocks in use, 64.00 KiB held"));
 /// drop(b);
 /// assert_eq!(arena.stats().blocks_in_use, 0);
 /// println!("{}", arena.stats());
@@ -38,7 +39,8 @@ pub struct Stats {
     pub bytes_in_use: u64,
     /// Live blocks, small and large.
     pub blocks_in_use: u64,
-    /// Bytes held from the OS: SuperSlabs plus huge blocks' mappings.
+    /// Bytes in use at slab granularity, what the memory limit counts:
+    /// slabs holding blocks (64 KiB each) plus huge blocks' mappings.
     pub bytes_held: u64,
     /// SuperSlabs (1 MiB each) the arena holds.
     pub superslabs: u64,

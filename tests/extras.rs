@@ -6,6 +6,7 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 
 const MIB: usize = 1 << 20;
+const SLAB: usize = 64 << 10;
 /// A span of 15 slabs: one per SuperSlab (slab 0 holds the header).
 const SPAN: usize = 15 * (64 << 10);
 
@@ -27,41 +28,49 @@ fn free(a: &SmallMidArena, (p, l): (NonNull<u8>, Layout)) {
 }
 
 #[test]
-fn allocated_bytes_is_what_the_arena_holds() {
+fn allocated_bytes_is_what_the_arena_uses() {
     let _g = serial();
     let a = SmallMidArena::new();
-    assert_eq!(a.allocated_bytes(), MIB);
+    // A recycled arena keeps the slabs its caches used warm (in use): the
+    // flush gives them back.
+    a.flush_thread_cache();
+    assert_eq!(a.allocated_bytes(), 0);
     let small = alloc(&a, 300);
-    assert_eq!(a.allocated_bytes(), MIB);
+    assert_eq!(a.allocated_bytes(), SLAB, "one mixed slab");
     let span = alloc(&a, SPAN); // slabs 1..=15 of the home SuperSlab
     assert_eq!(a.allocated_bytes(), MIB);
     free(&a, span);
+    assert_eq!(a.allocated_bytes(), SLAB);
     let huge = alloc(&a, 3 * MIB);
     let s = a.stats();
     assert_eq!(a.allocated_bytes() as u64, s.bytes_held);
-    assert!(a.allocated_bytes() >= MIB + 3 * MIB);
+    assert!(a.allocated_bytes() >= SLAB + 3 * MIB);
     assert!(s.bytes_in_use <= s.bytes_held);
     assert!(s.bytes_in_use >= (3 * MIB + 320) as u64);
     free(&a, huge);
-    assert_eq!(a.allocated_bytes(), MIB);
+    assert_eq!(a.allocated_bytes(), SLAB);
     free(&a, small);
-    assert_eq!(a.allocated_bytes(), MIB);
+    // The block waits in this thread's cache, its slab still in use ...
+    assert_eq!(a.allocated_bytes(), SLAB);
+    a.flush_thread_cache();
+    // ... until the cache gives it back.
+    assert_eq!(a.allocated_bytes(), 0);
 }
 
 #[test]
-fn set_memory_limit_gives_back_free_superslabs_then_holds() {
+fn set_memory_limit_counts_slabs_in_use_then_holds() {
     let _g = serial();
     let a = SmallMidArena::new();
     let spans: Vec<_> = (0..4).map(|_| alloc(&a, SPAN)).collect();
     assert_eq!(a.stats().superslabs, 4);
+    assert_eq!(a.allocated_bytes(), 4 * SPAN);
     for s in spans {
         free(&a, s);
     }
-    // One fully free SuperSlab is kept as a spare.
-    assert!(a.allocated_bytes() > MIB);
+    // Free slabs (and a spare SuperSlab) are not in use.
+    assert_eq!(a.allocated_bytes(), 0);
     a.set_memory_limit(MIB).unwrap();
     assert_eq!(a.memory_limit(), MIB);
-    assert_eq!(a.allocated_bytes(), MIB);
     // The home SuperSlab's slabs fit one span, not two; then every kind of
     // allocation fails, and the limit holds.
     let span = alloc(&a, SPAN);
@@ -97,18 +106,21 @@ fn set_memory_limit_refuses_what_live_memory_passes() {
     let _g = serial();
     let a = SmallMidArena::builder().memory_limit(8 * MIB).build();
     let live: Vec<_> = (0..3).map(|_| alloc(&a, SPAN)).collect();
-    assert_eq!(a.allocated_bytes(), 3 * MIB);
+    assert_eq!(a.allocated_bytes(), 3 * SPAN);
     assert!(a.set_memory_limit(2 * MIB).is_err());
     assert_eq!(a.memory_limit(), 8 * MIB, "the old limit stays");
-    assert!(a.set_memory_limit(MIB - 1).is_err());
+    assert!(a.set_memory_limit(3 * SPAN - 1).is_err());
+    assert!(a.set_memory_limit(SLAB - 1).is_err());
     assert!(a.set_memory_limit(0).is_err());
     assert_eq!(a.memory_limit(), 8 * MIB);
-    // Exactly what it holds is fine; then nothing more fits.
-    a.set_memory_limit(3 * MIB).unwrap();
+    // Exactly what it uses is fine; then nothing more fits, not even a
+    // small block (it needs a slab).
+    a.set_memory_limit(3 * SPAN).unwrap();
     assert!(a
         .allocate(Layout::from_size_align(SPAN, 8).unwrap())
         .is_err());
-    assert!(a.stats().bytes_held <= 3 * MIB as u64);
+    assert!(a.allocate(Layout::new::<u64>()).is_err());
+    assert_eq!(a.stats().bytes_held, 3 * SPAN as u64);
     for s in live {
         free(&a, s);
     }
@@ -170,7 +182,7 @@ fn reserve_takes_the_system_calls_up_front() {
     let a = SmallMidArena::new();
     a.reserve(8 * MIB - 1).unwrap();
     assert_eq!(a.stats().superslabs, 8);
-    assert_eq!(a.allocated_bytes(), 8 * MIB);
+    assert_eq!(a.allocated_bytes(), 0, "reserved, not used");
     a.reserve(2 * MIB).unwrap(); // already held
     a.reserve(0).unwrap();
     assert_eq!(a.stats().superslabs, 8);
@@ -193,7 +205,8 @@ fn reserve_stays_within_the_limit() {
     assert!(a.reserve(5 * MIB).is_err());
     assert_eq!(a.stats().superslabs, 1, "nothing reserved on refusal");
     a.reserve(4 * MIB).unwrap();
-    assert_eq!(a.allocated_bytes(), 4 * MIB);
+    assert_eq!(a.stats().superslabs, 4);
+    assert_eq!(a.allocated_bytes(), 0);
     let spans: Vec<_> = (0..4).map(|_| alloc(&a, SPAN)).collect();
     assert!(a
         .allocate(Layout::from_size_align(SPAN, 8).unwrap())
@@ -201,10 +214,10 @@ fn reserve_stays_within_the_limit() {
     for s in spans {
         free(&a, s);
     }
-    // A lower limit takes the unused reserve back.
+    // A lower limit is fine once the blocks are back (the reserve is not
+    // memory in use), and a huge block fits beside the reserve.
     a.set_memory_limit(2 * MIB).unwrap();
-    assert!(a.allocated_bytes() <= 2 * MIB);
-    // So does a huge block that needs the room.
+    assert_eq!(a.allocated_bytes(), 0);
     a.set_memory_limit(4 * MIB).unwrap();
     a.reserve(4 * MIB).unwrap();
     let huge = alloc(&a, 2 * MIB);

@@ -181,13 +181,80 @@ fn failed_grow_leaves_the_block_intact() {
 }
 
 #[test]
-fn limits_below_one_superslab_are_refused() {
+fn limits_below_one_slab_are_refused() {
     assert!(SmallMidArena::builder()
-        .memory_limit(1 << 19)
+        .memory_limit((64 << 10) - 1)
         .try_build()
         .is_err());
-    assert!(SmallMidArena::builder()
-        .memory_limit(1 << 20)
+    let a = SmallMidArena::builder()
+        .memory_limit(64 << 10)
         .try_build()
-        .is_ok());
+        .unwrap();
+    assert!(a.set_memory_limit((64 << 10) - 1).is_err());
+    assert_eq!(a.memory_limit(), 64 << 10);
+}
+
+#[test]
+fn a_one_slab_limit_holds_and_frees_make_room() {
+    const SLAB: usize = 64 << 10;
+    let arena = SmallMidArena::builder().memory_limit(SLAB).build();
+    assert_eq!(arena.stats().bytes_held, 0, "nothing used yet");
+    let mut rng = crate::Rng::new(5);
+    let mut blocks = Vec::new();
+    loop {
+        let l = Layout::from_size_align(rng.range(8, 1024), 8).unwrap();
+        match arena.allocate(l) {
+            Ok(b) => blocks.push((b.cast::<u8>(), l)),
+            Err(AllocError) => break,
+        }
+        assert!(arena.stats().bytes_held <= SLAB as u64);
+        assert!(blocks.len() < 10_000, "the limit never bit");
+    }
+    let bytes: usize = blocks.iter().map(|(_, l)| l.size()).sum();
+    assert!(
+        bytes > 40 << 10,
+        "only {bytes} bytes of blocks in a 64 KiB limit"
+    );
+    assert_eq!(arena.stats().bytes_held, SLAB as u64);
+    // A class slab or a span needs a slab of its own: refused.
+    assert!(arena.allocate(Layout::new::<[u8; 2000]>()).is_err());
+    assert!(arena.allocate(Layout::new::<[u8; 40 << 10]>()).is_err());
+    for (b, l) in blocks.drain(..) {
+        // SAFETY: allocated above with `l`.
+        unsafe { arena.deallocate(b, l) };
+    }
+    arena.flush_thread_cache();
+    assert_eq!(arena.stats().bytes_held, 0, "the slab is back");
+    // The room serves any kind of block now, and again after it is freed.
+    for l in [Layout::new::<[u8; 40 << 10]>(), Layout::new::<[u8; 2000]>()] {
+        let b = arena.allocate(l).expect("room again after frees");
+        assert_eq!(arena.stats().bytes_held, SLAB as u64);
+        // SAFETY: allocated just above with `l`.
+        unsafe { arena.deallocate(b.cast(), l) };
+        arena.flush_thread_cache();
+    }
+    // Two slabs: 3 KiB blocks (21 to a slab) fill both, then nothing fits.
+    arena.set_memory_limit(2 * SLAB).unwrap();
+    let l = Layout::new::<[u8; 3000]>();
+    let b: Vec<_> = std::iter::from_fn(|| arena.allocate(l).ok())
+        .take(100)
+        .collect();
+    assert!(
+        (30..=42).contains(&b.len()),
+        "{} blocks of 3 KiB in two slabs",
+        b.len()
+    );
+    assert_eq!(arena.stats().bytes_held, 2 * SLAB as u64);
+    assert!(arena.allocate(Layout::new::<u64>()).is_err());
+    // SAFETY: allocated above with `l`.
+    unsafe {
+        for p in b {
+            arena.deallocate(p.cast(), l);
+        }
+    }
+    let small = arena
+        .allocate(Layout::new::<u64>())
+        .expect("room after frees");
+    // SAFETY: allocated just above.
+    unsafe { arena.deallocate(small.cast(), Layout::new::<u64>()) };
 }
