@@ -112,7 +112,9 @@ impl Members {
 
     /// What retired caches and cacheless threads counted for `class`.
     pub(crate) fn retired(&self, class: usize) -> Counts {
-        self.retired.as_ref().map_or_else(Counts::default, |r| r[class])
+        self.retired
+            .as_ref()
+            .map_or_else(Counts::default, |r| r[class])
     }
 
     fn zero(&mut self) {

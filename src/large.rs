@@ -134,6 +134,15 @@ impl ArenaState {
         } else {
             lead
         };
+        // Only whole huge pages inside a mapping get one: rounded up to a
+        // whole number of them, the tail does not fault 4 KiB at a time
+        // (a 17 MiB table: 266 faults -> 9). Only where that adds at most a
+        // quarter (the block's length says how much it got); never past
+        // the limit.
+        let len = match len.checked_next_multiple_of(HUGE_PAGE) {
+            Some(r) if map_align >= HUGE_PAGE && r - len <= len / 4 && pool.fits(r) => r,
+            _ => len,
+        };
         // A kept mapping of about this size first (see `huge_cache`).
         let cached = huge_cache::take(len, map_align).and_then(|m| {
             if pool.fits(m.len) {

@@ -194,3 +194,44 @@ fn growth_by_small_steps_gets_huge_pages() {
     // 30 MiB is 7,680 small pages and 15 huge ones.
     assert!(f < 1000, "{f} faults growing 2 MiB -> 32 MiB by 4 KiB");
 }
+
+/// A fresh huge block's mapping is rounded up to whole 2 MiB pages where
+/// that adds at most a quarter (so its tail gets huge pages too), and the
+/// block's length says so; never past the limit.
+#[test]
+fn fresh_huge_blocks_take_whole_huge_pages_within_a_quarter() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    smallmid::trim_warm_cache(); // no kept mapping of another size
+    let thp = cfg!(all(target_os = "linux", not(miri)));
+    let a = SmallMidArena::new();
+    for (size, rounded) in [
+        (9 * MIB, 10 * MIB),       // + 1 MiB - 4 KiB: a ninth
+        (17 * MIB + 16, 18 * MIB), // the 2^20-bucket hash table
+        (2 * MIB + 128 * 1024, 0), // + 1.9 MiB: not rounded
+        (4 * MIB + 256 * 1024, 0), // + 1.7 MiB on 4.25: not rounded
+    ] {
+        let l = lay(size, 8);
+        let b = a.allocate(l).unwrap();
+        let want = if thp && rounded != 0 {
+            rounded - PAGE
+        } else {
+            size.next_multiple_of(PAGE)
+        };
+        assert_eq!(b.len(), want, "block of {size} bytes");
+        // SAFETY: the whole returned length is the block's.
+        unsafe { b.cast::<u8>().as_ptr().add(b.len() - 1).write(1) };
+        // SAFETY: allocated above with `l`.
+        unsafe { a.deallocate(b.cast(), l) };
+        smallmid::trim_warm_cache();
+    }
+    // Under a limit that the rounding would pass, the block is not rounded.
+    let lim = SmallMidArena::builder()
+        .memory_limit(9 * MIB + 2 * PAGE)
+        .build();
+    let l = lay(9 * MIB, 8);
+    let b = lim.allocate(l).unwrap();
+    assert_eq!(b.len(), 9 * MIB);
+    assert!(lim.stats().bytes_held <= (9 * MIB + 2 * PAGE) as u64);
+    // SAFETY: allocated above with `l`.
+    unsafe { lim.deallocate(b.cast(), l) };
+}
