@@ -222,6 +222,9 @@ impl ArenaState {
         new: Layout,
         keep: usize,
     ) -> Result<NonNull<[u8]>, AllocError> {
+        // Misuse panics before anything changes (an in-place resize moves
+        // a carve point; a copy would read a block that is not live).
+        self.checked.verify(ptr, old);
         // SAFETY: forwarded contract.
         if let Some(len) = unsafe { self.in_place(ptr, old, new) } {
             let block = NonNull::slice_from_raw_parts(ptr, len);
@@ -244,7 +247,13 @@ impl ArenaState {
                 return Ok(block);
             }
         }
-        let fresh = self.allocate(new)?;
+        let fresh = match self.allocate(new) {
+            Ok(f) => f,
+            // A huge block shrinking under a full limit: its own mapping is
+            // the room (a `Vec::shrink_to_fit` that fails aborts).
+            // SAFETY: forwarded contract; `keep <= new.size()`.
+            Err(e) => unsafe { self.shrink_into_own_room(ptr, old, new, keep) }.ok_or(e)?,
+        };
         // SAFETY: both blocks are live, distinct, and at least `keep` long.
         unsafe {
             ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr().cast::<u8>(), keep);

@@ -643,7 +643,7 @@ impl ArenaState {
     }
 
     /// Whether the arena has a memory limit.
-    fn limited(&self) -> bool {
+    pub(crate) fn limited(&self) -> bool {
         self.limit.load(Ordering::Relaxed) != u64::MAX
     }
 

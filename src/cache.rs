@@ -734,9 +734,12 @@ impl ArenaState {
                 i.lists[class].cap = CACHE_CAP[class];
                 // A cache with no mixed range takes one: a rest another
                 // gave back, or a fresh slab once per epoch. One whose range
-                // is used up goes on with class slabs.
+                // is used up goes on with class slabs. Under a limit, a
+                // fresh one whenever needed: a class slab would cost the
+                // limit the same slab, and serve one class only (a one-slab
+                // arena used again after a flush needs a mixed one).
                 if class < MIXED_CLASSES && i.mix.end.is_null() {
-                    let fresh = !i.mix.taken;
+                    let fresh = !i.mix.taken || self.limited();
                     i.mix.taken = true;
                     if let Some((start, end)) = self.take_mixed(fresh) {
                         bump(&counters.refills, 1);

@@ -39,12 +39,30 @@ mod imp {
             );
         }
 
+        /// Checks, then forgets, a block being freed.
         pub(crate) fn freed(&self, ptr: NonNull<u8>, layout: Layout) {
+            if let Some(mut live) = self.check(ptr, layout) {
+                live.remove(&(ptr.as_ptr() as usize));
+            }
+        }
+
+        /// Checks a block about to be resized (before anything changes).
+        pub(crate) fn verify(&self, ptr: NonNull<u8>, layout: Layout) {
+            self.check(ptr, layout);
+        }
+
+        /// Panics unless `ptr` is live with a layout `layout` fits; the
+        /// record, locked, for a non-empty layout.
+        fn check(
+            &self,
+            ptr: NonNull<u8>,
+            layout: Layout,
+        ) -> Option<crate::sync::MutexGuard<'_, HashMap<usize, (Layout, usize)>>> {
             if layout.size() == 0 {
-                return;
+                return None;
             }
             let addr = ptr.as_ptr() as usize;
-            let mut live = lock(&self.live);
+            let live = lock(&self.live);
             let Some(&(given, len)) = live.get(&addr) else {
                 drop(live);
                 panic!(
@@ -62,7 +80,7 @@ mod imp {
                      ({len} bytes): the layout must have the same alignment and a size between the two"
                 );
             }
-            live.remove(&addr);
+            Some(live)
         }
 
         pub(crate) fn clear(&self) {
@@ -87,6 +105,8 @@ mod imp {
         pub(crate) fn allocated(&self, _: NonNull<[u8]>, _: Layout) {}
         #[inline(always)]
         pub(crate) fn freed(&self, _: NonNull<u8>, _: Layout) {}
+        #[inline(always)]
+        pub(crate) fn verify(&self, _: NonNull<u8>, _: Layout) {}
         #[inline(always)]
         pub(crate) fn clear(&self) {}
     }

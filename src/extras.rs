@@ -7,6 +7,14 @@ use crate::superslab::SUPERSLAB_SIZE;
 use crate::sync::{lock, Ordering};
 use allocator_api2::alloc::AllocError;
 
+/// The largest [`SmallMidArena::reserve`]: 64 GiB (65,536 SuperSlabs,
+/// 256 MiB of committed headers).
+pub const MAX_RESERVE: usize = if usize::MAX as u64 > 1 << 36 {
+    (1u64 << 36) as usize
+} else {
+    usize::MAX / 2
+};
+
 impl SmallMidArena {
     /// Bytes this arena uses right now: its slabs holding blocks (64 KiB
     /// each: a class's slab, a mixed slab, a large block's run) plus its
@@ -128,8 +136,11 @@ impl SmallMidArena {
     /// serves the arena's first allocations, it is not pinned.
     ///
     /// # Errors
-    /// `AllocError` if the reserve would pass the memory limit (nothing is
-    /// reserved then) or the OS refuses memory.
+    /// `AllocError` if the reserve would pass the memory limit or
+    /// [`MAX_RESERVE`] (nothing is reserved then: each SuperSlab commits a
+    /// page of header, so an absurd reserve would exhaust memory before the
+    /// OS refused the address space), or the OS refuses memory (what was
+    /// reserved by then stays).
     ///
     /// # Example
     /// ```
@@ -145,9 +156,7 @@ impl SmallMidArena {
         let Some(more) = want.checked_sub(pool.superslabs).filter(|&m| m > 0) else {
             return Ok(());
         };
-        let extra = more.checked_mul(SUPERSLAB_SIZE).ok_or(AllocError)?;
-        if extra > isize::MAX as usize || bytes as u64 > self.state().limit.load(Ordering::Relaxed)
-        {
+        if bytes > MAX_RESERVE || bytes as u64 > self.state().limit.load(Ordering::Relaxed) {
             return Err(AllocError);
         }
         for _ in 0..more {

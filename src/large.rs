@@ -270,6 +270,20 @@ impl ArenaState {
         ptr: NonNull<u8>,
         new: Layout,
     ) -> Result<Option<NonNull<[u8]>>, AllocError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.resize_huge_with(ptr, new, true) }
+    }
+
+    /// [`Self::resize_huge`], moving the mapping only if `may_move`.
+    ///
+    /// # Safety
+    /// As for [`Self::resize_huge`].
+    unsafe fn resize_huge_with(
+        &self,
+        ptr: NonNull<u8>,
+        new: Layout,
+        may_move: bool,
+    ) -> Result<Option<NonNull<[u8]>>, AllocError> {
         // SAFETY: per contract `ptr` is a live huge block.
         let h = unsafe { huge_header(ptr.as_ptr()) };
         // SAFETY: as above, the header is live.
@@ -315,7 +329,7 @@ impl ArenaState {
         let moved = unsafe {
             match os::remap(base, len, new_len, false) {
                 Some(p) => Some(p),
-                None if lead == PAGE => os::remap(base, len, new_len, true),
+                None if lead == PAGE && may_move => os::remap(base, len, new_len, true),
                 None => None,
             }
         };
@@ -357,6 +371,61 @@ impl ArenaState {
         // SAFETY: inside a successful mapping.
         let block = unsafe { NonNull::new_unchecked(block) };
         Ok(Some(NonNull::slice_from_raw_parts(block, usable)))
+    }
+
+    /// Shrinks a huge block into a smaller kind of block when the limit
+    /// has no room for the copy: the block's own mapping is the room. The
+    /// mapping is shrunk in place to `keep` bytes, the freed room held for
+    /// this thread, `new` allocated; if that still fails, the mapping gets
+    /// its length back in place (the room was held) and the block is as
+    /// before. `None`: not a huge block, no `mremap`, or no room anyway.
+    ///
+    /// # Safety
+    /// `ptr` is a live huge block of this arena allocated with `old`;
+    /// `keep <= new.size()`, and the caller copies `keep` bytes and frees
+    /// `ptr` (with `old`) when a block is returned.
+    pub(crate) unsafe fn shrink_into_own_room(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        keep: usize,
+    ) -> Option<NonNull<[u8]>> {
+        if !CAN_RESIZE
+            || kind(old.size(), old.align()) != Kind::Huge
+            || new.size() >= old.size()
+            || keep >= HUGE_PAGE
+        {
+            return None;
+        }
+        let small = Layout::from_size_align(keep.max(1), old.align()).ok()?;
+        {
+            let mut pool = lock(&self.pool);
+            // SAFETY: per contract a live huge block; pool lock held.
+            let (len, lead) = unsafe {
+                let h = huge_header(ptr.as_ptr());
+                ((*h).len, (*h).align)
+            };
+            let freed = len.checked_sub(keep.max(1).next_multiple_of(PAGE) + lead)?;
+            if !pool.reserve_room(freed) {
+                return None;
+            }
+        }
+        // SAFETY: forwarded contract; a shrink stays in place.
+        let shrunk = unsafe { self.resize_huge_with(ptr, small, false) };
+        let fresh = match shrunk {
+            Ok(Some(_)) => self.allocate(new).ok(),
+            _ => None,
+        };
+        if fresh.is_none() && matches!(shrunk, Ok(Some(_))) {
+            // SAFETY: as above; the room is still held for this thread, so
+            // only the address space could refuse (nothing maps there: it
+            // was ours a moment ago).
+            let back = unsafe { self.resize_huge_with(ptr, old, false) };
+            debug_assert!(matches!(back, Ok(Some(_))), "a huge block lost its tail");
+        }
+        lock(&self.pool).release_room();
+        fresh
     }
 
     fn count_large_free(&self, bytes: usize) {

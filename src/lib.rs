@@ -51,6 +51,7 @@ pub use allocator_api2_04;
 pub use arena::{Builder, SmallMidArena};
 pub use boxed::ArenaBox;
 pub use collections::String;
+pub use extras::MAX_RESERVE;
 pub use shared::SharedArena;
 pub use stats::{
     global_stats, set_warm_cache_limit, trim_warm_cache, ClassStats, GlobalStats, Stats,

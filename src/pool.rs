@@ -86,6 +86,9 @@ pub(crate) struct Pool {
     spare: usize,
     /// Slabs claimed (see the invariants).
     used: usize,
+    /// Room one thread (by index) holds for itself: counted as used for
+    /// every other thread (see [`Self::reserve_room`]).
+    reserved: (u32, usize),
     /// Mixed slabs held (see [`crate::slab`]): the first `mixed` entries.
     mixed_at: [(*const SuperSlab, usize); MAX_MIXED],
     mixed: usize,
@@ -113,6 +116,7 @@ impl Pool {
             superslabs: 0,
             spare: 0,
             used: 0,
+            reserved: (0, 0),
             mixed_at: [(null(), 0); MAX_MIXED],
             mixed: 0,
             resident: 0,
@@ -158,11 +162,36 @@ impl Pool {
         unsafe { (*self.arena).limit.load(Ordering::Relaxed) }
     }
 
-    /// Whether `bytes` more may be used under the arena's limit.
+    /// Whether `bytes` more may be used under the arena's limit by the
+    /// calling thread.
     pub(crate) fn fits(&self, bytes: usize) -> bool {
+        let (tid, room) = self.reserved;
+        let others = if room != 0 && tid != crate::thread::current_tid() {
+            room
+        } else {
+            0
+        };
         self.held_bytes()
             .checked_add(bytes)
+            .and_then(|t| t.checked_add(others))
             .is_some_and(|t| t as u64 <= self.limit())
+    }
+
+    /// Holds `bytes` of room (about to be freed by the calling thread) for
+    /// that thread alone until [`Self::release_room`]: a huge block shrunk
+    /// to make room for its own copy keeps it from other threads. One at a
+    /// time: `false` if another thread holds some.
+    pub(crate) fn reserve_room(&mut self, bytes: usize) -> bool {
+        if self.reserved.1 != 0 {
+            return false;
+        }
+        self.reserved = (crate::thread::current_tid(), bytes);
+        true
+    }
+
+    /// Ends [`Self::reserve_room`].
+    pub(crate) fn release_room(&mut self) {
+        self.reserved = (0, 0);
     }
 
     /// # Safety

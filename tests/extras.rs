@@ -196,6 +196,8 @@ fn reserve_takes_the_system_calls_up_front() {
         free(&a, b);
     }
     assert!(a.reserve(usize::MAX).is_err());
+    assert!(a.reserve(smallmid::MAX_RESERVE + 1).is_err());
+    assert_eq!(a.stats().superslabs, 8, "nothing reserved on refusal");
 }
 
 #[test]
