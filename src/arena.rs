@@ -711,9 +711,9 @@ impl Builder {
     /// its first slab), and a larger block needs a slab of its own.
     ///
     /// Not counted: the arena's state and the address space of its
-    /// SuperSlabs (free slabs are not used memory; a limited arena's are
-    /// never huge-paged, and emptied ones are decommitted past a
-    /// process-wide bound, see the README's Design).
+    /// SuperSlabs (free slabs are not used memory; a limited arena takes
+    /// no new huge-paged SuperSlab, and emptied slabs of small-paged ones
+    /// are decommitted past a process-wide bound, see the README's Design).
     ///
     /// # Example
     /// ```

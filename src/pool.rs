@@ -16,8 +16,9 @@
 //!   `held_bytes() = used * SLAB_SIZE + huge_bytes <= limit` (the arena's
 //!   `limit`): the limit counts memory in use at slab granularity, not the
 //!   address space of SuperSlabs (a SuperSlab's free slabs are not memory
-//!   the arena uses; a limited arena's are never huge-paged, so the ones it
-//!   keeps resident are counted process-wide, below);
+//!   the arena uses; a limited arena takes no new huge-paged SuperSlab,
+//!   so the free slabs it keeps resident are mostly counted process-wide,
+//!   below);
 //! - `resident` is the number of bits set in the SuperSlabs' `resident`
 //!   masks, each of which is also set in `free_mask`, and the process-wide
 //!   [`RESIDENT_FREE`] is the sum of every live pool's `resident`.
