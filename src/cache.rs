@@ -567,9 +567,10 @@ impl ArenaState {
     pub(crate) unsafe fn retire_own(&self, m: &mut Members, tid: u32) -> bool {
         match self.slot(tid as usize, false) {
             Some(slot) => {
+                lock(&self.pool).begin_retire();
                 // SAFETY: the caller owns the cache in its own slot.
                 let had = unsafe { self.retire(m, slot, tid, true) }.is_some();
-                lock(&self.pool).trim_resident();
+                lock(&self.pool).end_retire();
                 had
             }
             None => false,

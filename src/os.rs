@@ -43,13 +43,21 @@ global! {
     static UNMAPS: AtomicU64 = AtomicU64::new(0);
 }
 global! {
+    /// Calls to [`decommit`] that reached the OS since the process started.
+    static DECOMMITS: AtomicU64 = AtomicU64::new(0);
+}
+global! {
     /// Test hook: number of upcoming OS requests that fail on purpose.
     static FAIL_NEXT: AtomicU64 = AtomicU64::new(0);
 }
 
 /// (maps, unmaps) since the process started.
-pub(crate) fn counters() -> (u64, u64) {
-    (MAPS.load(Ordering::Relaxed), UNMAPS.load(Ordering::Relaxed))
+pub(crate) fn counters() -> (u64, u64, u64) {
+    (
+        MAPS.load(Ordering::Relaxed),
+        UNMAPS.load(Ordering::Relaxed),
+        DECOMMITS.load(Ordering::Relaxed),
+    )
 }
 
 /// Makes the next `n` requests for memory from the OS fail, as if it were
@@ -123,6 +131,9 @@ pub(crate) unsafe fn unmap(ptr: NonNull<u8>, len: usize, align: usize) {
 /// The range is page-aligned, inside one mapping of ours, and holds nothing
 /// anyone will read.
 pub(crate) unsafe fn decommit(ptr: NonNull<u8>, len: usize) {
+    if CAN_DECOMMIT {
+        DECOMMITS.fetch_add(1, Ordering::Relaxed);
+    }
     // SAFETY: forwarded contract.
     unsafe { imp::decommit(ptr, len) }
 }

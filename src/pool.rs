@@ -95,6 +95,9 @@ pub(crate) struct Pool {
     mixed: usize,
     /// Emptied slabs that may be resident (see the module docs).
     resident: u64,
+    /// Threads retiring their cache here: emptied slabs are not decommitted
+    /// one by one meanwhile; [`Self::trim_resident`] does it in runs after.
+    deferring: u32,
     /// Huge blocks (their own mappings), doubly linked.
     pub(crate) huge: *mut HugeHeader,
     pub(crate) huge_bytes: usize,
@@ -121,6 +124,7 @@ impl Pool {
             mixed_at: [(null(), 0); MAX_MIXED],
             mixed: 0,
             resident: 0,
+            deferring: 0,
             huge: null_mut(),
             huge_bytes: 0,
         };
@@ -380,9 +384,24 @@ impl Pool {
         self.resident += n;
         if RESIDENT_FREE.fetch_add(n, Ordering::Relaxed) + n > MAX_RESIDENT_FREE
             && self.resident > KEEP_RESIDENT
+            && self.deferring == 0
         {
             self.decommit_resident(KEEP_RESIDENT);
         }
+    }
+
+    /// A thread starts returning its cache: its emptied slabs wait for
+    /// [`Self::end_retire`] (one `madvise` per run of slabs, not one per
+    /// slab: each call is a TLB shootdown on every core running the
+    /// process).
+    pub(crate) fn begin_retire(&mut self) {
+        self.deferring += 1;
+    }
+
+    /// Ends [`Self::begin_retire`], then trims (see [`Self::trim_resident`]).
+    pub(crate) fn end_retire(&mut self) {
+        self.deferring -= 1;
+        self.trim_resident();
     }
 
     /// A thread left the arena: past the process-wide bound, decommits

@@ -247,6 +247,10 @@ pub struct GlobalStats {
     pub mmaps: u64,
     /// Mappings returned since the process started.
     pub munmaps: u64,
+    /// Decommit calls (`madvise(MADV_DONTNEED)`, one per run of adjacent
+    /// slabs or SuperSlabs) since the process started: each is a TLB
+    /// shootdown on every core running the process.
+    pub decommits: u64,
     /// Empty SuperSlabs in the warm cache.
     pub warm_superslabs: usize,
     /// Bytes in the warm cache.
@@ -289,13 +293,14 @@ pub struct GlobalStats {
 /// # drop(arena);
 /// ```
 pub fn global_stats() -> GlobalStats {
-    let (mmaps, munmaps) = os::counters();
+    let (mmaps, munmaps, decommits) = os::counters();
     let (cached, in_use, limit) = warm::counts();
     let (regions, cold) = warm::region_counts();
     let (huge_cached, huge_cached_bytes) = crate::huge_cache::counts();
     GlobalStats {
         mmaps,
         munmaps,
+        decommits,
         warm_superslabs: cached,
         warm_bytes: cached * SUPERSLAB_SIZE,
         warm_limit_bytes: limit * SUPERSLAB_SIZE,
@@ -354,7 +359,7 @@ impl fmt::Display for GlobalStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({}, cap {}), {} decommitted, {} free slabs resident, {} huge mappings kept ({}), {} regions ({}), {} mmaps, {} munmaps",
+            "smallmid: {} arenas, {} threads, {} SuperSlabs in use, {} warm ({}, cap {}), {} decommitted, {} free slabs resident, {} huge mappings kept ({}), {} regions ({}), {} mmaps, {} munmaps, {} decommits",
             self.arenas_alive,
             self.threads,
             self.superslabs_in_use,
@@ -368,7 +373,8 @@ impl fmt::Display for GlobalStats {
             self.regions,
             Bytes(self.reserved_bytes as u64),
             self.mmaps,
-            self.munmaps
+            self.munmaps,
+            self.decommits
         )
     }
 }

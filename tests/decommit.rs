@@ -69,6 +69,8 @@ fn trim_after_a_1gib_peak_returns_memory_and_reuse_maps_nothing() {
 #[test]
 fn superslabs_past_the_bound_are_decommitted_not_unmapped() {
     let _g = SERIAL.lock().unwrap();
+    // Kept huge mappings (other tests') expire by unmapping: not here.
+    trim_warm_cache();
     smallmid::set_warm_cache_limit(32 << 20);
     let a = SmallMidArena::new();
     let before = global_stats();
@@ -262,4 +264,65 @@ fn freed_huge_blocks_are_reused_without_a_mapping() {
     trim_warm_cache();
     let g4 = global_stats();
     assert_eq!((g4.huge_cached, g4.huge_cached_bytes), (0, 0), "{g4}");
+}
+
+/// A thread leaving an arena whose slabs it emptied decommits them in runs
+/// of adjacent slabs, not one `madvise` per slab (each is a TLB shootdown on
+/// every core running the process: a quarter of the thread-churn time).
+#[test]
+fn a_thread_exit_decommits_in_runs_not_slab_by_slab() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Past the process-wide bound of resident free slabs: 100 arenas keep
+    // 4 emptied slabs each (an arena keeps up to 4 past the bound).
+    let sizes = [2000, 3000, 5000, 6000];
+    let keep: Vec<_> = (0..100)
+        .map(|_| {
+            let a = SmallMidArena::new();
+            for s in sizes {
+                let l = Layout::from_size_align(s, 8).unwrap();
+                let p = a.allocate(l).unwrap();
+                // SAFETY: allocated just above with `l`.
+                unsafe { a.deallocate(p.cast(), l) };
+            }
+            a.flush_thread_cache();
+            a
+        })
+        .collect();
+    assert!(
+        global_stats().resident_free_slabs > 256,
+        "{}",
+        global_stats()
+    );
+    // One thread takes a class slab for each of 20 classes from 1.25 KiB
+    // up (one block each: they stay in its cache when freed) and exits:
+    // its exit empties them all at once.
+    let a = SmallMidArena::new();
+    let before = global_stats().decommits;
+    let superslabs = std::thread::scope(|s| {
+        s.spawn(|| {
+            let layouts: Vec<_> = (0..20)
+                .map(|i| Layout::from_size_align(1100 + i * 1400, 8).unwrap())
+                .collect();
+            let blocks: Vec<_> = layouts.iter().map(|&l| a.allocate(l).unwrap()).collect();
+            for (p, l) in blocks.into_iter().zip(layouts) {
+                // SAFETY: allocated above with `l`.
+                unsafe { a.deallocate(p.cast(), l) };
+            }
+            a.stats().superslabs
+        })
+        .join()
+        .unwrap()
+    });
+    let calls = global_stats().decommits - before;
+    assert!(calls >= 1, "nothing decommitted: {}", global_stats());
+    // A run per SuperSlab (its emptied slabs are adjacent), not a call
+    // every few slabs.
+    assert!(
+        calls <= superslabs,
+        "{calls} decommit calls for one thread's exit from {superslabs} SuperSlabs"
+    );
+    drop((a, keep));
+    // Recycled spares keep their resident slabs counted: release them, so
+    // the next test starts under the bound.
+    trim_warm_cache();
 }
