@@ -57,6 +57,8 @@ pub(crate) const DECAY: Duration = Duration::from_secs(1);
 pub(crate) const FLOOR: usize = 8;
 /// Default hard cap on warm SuperSlabs (1 GiB).
 pub(crate) const DEFAULT_LIMIT: usize = 1024;
+/// How far under the bound a release that passed it decommits (16 MiB).
+const RELEASE_BATCH: usize = 16;
 /// SuperSlabs per region.
 pub(crate) const REGION_SUPERSLABS: usize = if os::CAN_DECOMMIT { 64 } else { 1 };
 /// Bytes of a region.
@@ -399,7 +401,14 @@ pub(crate) unsafe fn release(superslabs: &[NonNull<u8>]) {
             w.tick();
         }
         let keep = w.allowed();
-        w.take_excess(keep)
+        // Past the bound, down to a little under it: the next releases
+        // then need no `madvise` each (a TLB shootdown on every core): one
+        // call per run of up to RELEASE_BATCH SuperSlabs, not one per drop.
+        if w.cached > keep {
+            w.take_excess(keep - RELEASE_BATCH.min(keep / 2))
+        } else {
+            (Picks::new(), Doomed::new())
+        }
     };
     give_back(picks, doomed);
 }

@@ -326,3 +326,29 @@ fn a_thread_exit_decommits_in_runs_not_slab_by_slab() {
     // the next test starts under the bound.
     trim_warm_cache();
 }
+
+/// Arenas dropped past the warm cache's bound decommit in batches: a drop
+/// that passes the bound takes the cache a little under it, so the next
+/// drops need no `madvise` each.
+#[test]
+fn drops_past_the_warm_bound_decommit_in_batches() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    trim_warm_cache();
+    smallmid::set_warm_cache_limit(32 << 20);
+    // Five SuperSlabs each: too big to be kept as spares, so every drop
+    // gives its SuperSlabs to the warm cache.
+    let arenas = load(60, 4);
+    assert!(arenas.iter().all(|a| a.stats().superslabs >= 5));
+    let before = global_stats().decommits;
+    let drops = arenas.len() as u64;
+    drop(arenas);
+    let calls = global_stats().decommits - before;
+    let g = global_stats();
+    assert!(g.warm_superslabs <= 32, "{g}");
+    assert!(calls >= 1, "nothing decommitted: {g}");
+    assert!(
+        calls <= drops / 2,
+        "{calls} decommit calls for {drops} drops: {g}"
+    );
+    smallmid::set_warm_cache_limit(1 << 30);
+}
