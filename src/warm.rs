@@ -401,11 +401,17 @@ pub(crate) unsafe fn release(superslabs: &[NonNull<u8>]) {
             w.tick();
         }
         let keep = w.allowed();
-        // Past the bound, down to a little under it: the next releases
-        // then need no `madvise` each (a TLB shootdown on every core): one
-        // call per run of up to RELEASE_BATCH SuperSlabs, not one per drop.
+        // Past the bound, down to a little under it: the next small
+        // releases then need no `madvise` each (a TLB shootdown on every
+        // core). Not for a big release (one call per run already, and the
+        // batch would only refault the next round), never under the floor.
         if w.cached > keep {
-            w.take_excess(keep - RELEASE_BATCH.min(keep / 2))
+            let batch = if superslabs.len() >= RELEASE_BATCH {
+                0
+            } else {
+                RELEASE_BATCH.min(keep / 2)
+            };
+            w.take_excess((keep - batch).max(FLOOR.min(keep)))
         } else {
             (Picks::new(), Doomed::new())
         }
