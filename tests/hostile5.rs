@@ -257,6 +257,7 @@ fn grown_tail_block_then_parked_rest_taken_by_another_thread() {
     // SAFETY: live with l(40, 8); grows 40 -> 64 -> 128 -> 256 -> 512.
     let mut cur = (b, l(40, 8));
     for n in [64usize, 128, 256, 512, 1024] {
+        // SAFETY: live with cur.1.
         let g = unsafe { a.grow(cur.0, cur.1, l(n, 8)) }.unwrap();
         cur = (g.cast(), l(n, 8));
     }
