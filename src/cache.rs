@@ -739,6 +739,14 @@ impl ArenaState {
                 // fresh one whenever needed: a class slab would cost the
                 // limit the same slab, and serve one class only (a one-slab
                 // arena used again after a flush needs a mixed one).
+                if class < MIXED_CLASSES && !i.mix.end.is_null() && burst(i.mix.end) {
+                    // Used up by an allocation burst: packing it on in a
+                    // fresh mixed slab (while the arena holds fewer than
+                    // MAX_MIXED) beats a slab per class, each barely used.
+                    // Once blocks come back, class slabs recycle them.
+                    let m = core::mem::replace(&mut i.mix, NO_MIX);
+                    self.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
+                }
                 if class < MIXED_CLASSES && i.mix.end.is_null() {
                     let fresh = !i.mix.taken || self.limited();
                     i.mix.taken = true;
@@ -894,6 +902,13 @@ impl ArenaState {
             })
         }
     }
+}
+
+/// Whether the mixed range ending at `end` was only carved from so far.
+fn burst(end: *mut u8) -> bool {
+    let (_, _, slab) = crate::central::slab_of(end.wrapping_sub(1));
+    // SAFETY: the range's slab is live while a cache holds the range.
+    unsafe { (*slab).mixed_untouched() }
 }
 
 /// Length of the whole range of the class slab whose range ends at `end`.

@@ -79,7 +79,7 @@ impl ClassList {
 
 /// The slab record of block `b`.
 #[inline]
-fn slab_of(b: *mut u8) -> (*const SuperSlab, usize, *const Slab) {
+pub(crate) fn slab_of(b: *mut u8) -> (*const SuperSlab, usize, *const Slab) {
     let ss = SuperSlab::of(b as usize);
     let idx = SuperSlab::slab_index(b as usize);
     // SAFETY: `b` lies in a live SuperSlab, so its header is live.

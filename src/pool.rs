@@ -53,11 +53,11 @@ const DENSE_SUPERSLABS: usize = 4;
 /// Mixed slabs an arena holds at once. Blocks flushed back to a mixed slab
 /// wait for the whole slab, so a few long-lived blocks can pin one: past
 /// this many, classes take slabs of their own.
-pub(crate) const MAX_MIXED: usize = 4;
+pub(crate) const MAX_MIXED: usize = 8;
 
-/// Emptied slabs of live arenas that may stay resident, process-wide: 16 MiB
+/// Emptied slabs of live arenas that may stay resident, process-wide: 8 MiB
 /// (the pages a slab's blocks reached: often much less).
-const MAX_RESIDENT_FREE: u64 = 256;
+const MAX_RESIDENT_FREE: u64 = 128;
 
 /// Emptied slabs an arena in use keeps resident past that bound: a
 /// producer/consumer pair empties and retakes slabs all the time, and

@@ -192,6 +192,13 @@ impl Slab {
         (self.mixed.load(Ordering::Relaxed) >> 32) as u32
     }
 
+    /// No block came back to this mixed slab from a cache's list, and no
+    /// cache reported blocks still out: whoever holds its range has only
+    /// carved from it so far (an allocation burst).
+    pub(crate) fn mixed_untouched(&self) -> bool {
+        self.mixed.load(Ordering::Relaxed) >> 32 == 0
+    }
+
     /// Gives `bytes` back to a mixed slab and reports `blocks` carved (a
     /// cache returning its range reports its carved blocks; a flushed block
     /// gives its size and reports -1). True when the slab is now empty:
