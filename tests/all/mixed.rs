@@ -273,7 +273,7 @@ fn an_allocation_burst_packs_into_mixed_slabs_not_a_slab_per_class() {
     let au = arena.audit();
     assert_eq!(au.class_slabs, 0, "{bytes} B burst: {au:?}");
     // Class rounding and alignment cost at most half again.
-    let slabs = arena.allocated_bytes() as usize / SLAB;
+    let slabs = arena.allocated_bytes() / SLAB;
     assert!(
         slabs <= (bytes * 3 / 2).div_ceil(SLAB),
         "{bytes} B burst held {slabs} slabs"
