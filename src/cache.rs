@@ -734,8 +734,9 @@ impl ArenaState {
                 i.touched |= 1 << class;
                 i.lists[class].cap = CACHE_CAP[class];
                 // A cache with no mixed range takes one: a rest another
-                // gave back, or a fresh slab once per epoch. One whose range
-                // is used up goes on with class slabs. Under a limit, a
+                // gave back, or a fresh slab once per epoch (and after a
+                // burst, below). One whose used-up range got blocks back
+                // goes on with class slabs. Under a limit, a
                 // fresh one whenever needed: a class slab would cost the
                 // limit the same slab, and serve one class only (a one-slab
                 // arena used again after a flush needs a mixed one).
