@@ -97,6 +97,9 @@ pub(crate) struct Mix {
     /// and bytes skipped to align them (low: out of the slab until the
     /// range goes back). One word: one add per carve.
     acct: u64,
+    /// Bit `c`: a block of class `c` was carved (a burst of one class
+    /// gains nothing from packing, see `alloc_small_slow`).
+    classes: u64,
     /// A fresh mixed slab was taken (or refused) since the cache was
     /// attached or the arena reset: one per cache and epoch, so a mixed
     /// slab pinned by a few long-lived blocks is not followed by another.
@@ -109,6 +112,7 @@ const NO_MIX: Mix = Mix {
     bump: null_mut(),
     end: null_mut(),
     acct: 0,
+    classes: 0,
     taken: false,
 };
 
@@ -294,6 +298,7 @@ impl Inner {
         }
         m.bump = m.bump.with_addr(next);
         m.acct += (1 << 32) | (b - bump) as u64;
+        m.classes |= 1 << class;
         m.end.with_addr(b)
     }
 
@@ -325,6 +330,7 @@ impl Inner {
             bump: start,
             end,
             acct: 0,
+            classes: 0,
             taken: true,
         };
         self.touched |= MIXED_MASK;
@@ -380,6 +386,7 @@ impl Inner {
         if !m.end.is_null() {
             m.bump = m.start;
             m.acct = 0;
+            m.classes = 0;
             crate::asan::poison(m.start, m.end as usize - m.start as usize);
         }
         self.touched
@@ -740,10 +747,19 @@ impl ArenaState {
                 // fresh one whenever needed: a class slab would cost the
                 // limit the same slab, and serve one class only (a one-slab
                 // arena used again after a flush needs a mixed one).
-                if class < MIXED_CLASSES && !i.mix.end.is_null() && burst(i.mix.end) {
-                    // Used up by an allocation burst: packing it on in a
-                    // fresh mixed slab (while the arena holds fewer than
-                    // MAX_MIXED) beats a slab per class, each barely used.
+                if class < MIXED_CLASSES
+                    && !i.mix.end.is_null()
+                    && i.mix.classes.count_ones() >= BURST_CLASSES
+                    && !self.limited()
+                    && burst(i.mix.end)
+                {
+                    // Used up by an allocation burst of many sizes: packing
+                    // it on in a fresh mixed slab (while the arena holds
+                    // fewer than MAX_MIXED) beats a slab per class, each
+                    // barely used. Not for one or a few classes (their own
+                    // slabs are as dense and reuse freed blocks at once),
+                    // nor under a limit (a mixed slab's freed bytes wait
+                    // for its last block: room the limit would refuse).
                     // Once blocks come back, class slabs recycle them.
                     let m = core::mem::replace(&mut i.mix, NO_MIX);
                     self.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
@@ -904,6 +920,10 @@ impl ArenaState {
         }
     }
 }
+
+/// Classes a used-up mixed range must have served for a burst to go on
+/// in another mixed range.
+const BURST_CLASSES: u32 = 4;
 
 /// Whether the mixed range ending at `end` was only carved from so far.
 fn burst(end: *mut u8) -> bool {
