@@ -154,6 +154,8 @@ pub(crate) struct ArenaState {
     /// The memory limit in bytes (`u64::MAX`: none); read under the pool lock.
     pub(crate) limit: AtomicU64,
     /// Large blocks (spans and huge): allocations, frees, bytes in use.
+    /// Written under the pool lock (or with the arena owned exclusively),
+    /// read by anyone.
     pub(crate) large_allocs: AtomicU64,
     pub(crate) large_frees: AtomicU64,
     pub(crate) large_bytes: AtomicU64,

@@ -102,9 +102,10 @@ pub(crate) struct Pool {
     pub(crate) huge: *mut HugeHeader,
     pub(crate) huge_bytes: usize,
     /// `span_hint[k]`: where a span of `k` slabs was last given back (null,
-    /// or one of our SuperSlabs): looked at first, so a span freed and
-    /// taken again in a loop costs no walk over the avail list (each step
-    /// of which touches another SuperSlab's header).
+    /// or one of our SuperSlabs): looked at first (for spans of `k` slabs
+    /// or fewer), so spans freed and taken again in a loop cost no walk
+    /// over the avail list (each step of which touches another
+    /// SuperSlab's header).
     span_hint: [*const SuperSlab; SLABS],
 }
 
@@ -538,13 +539,17 @@ impl Pool {
         let fit = |mask: u16| span_start(mask, k, step);
         let mut ss = self.avail;
         let mut found = None;
-        let hint = self.span_hint[k];
-        if !hint.is_null() {
-            // SAFETY: pool lock held; a hint is one of our live SuperSlabs.
-            let mask = unsafe { SuperSlab::links(hint, |l| l.free_mask) };
-            found = fit(mask).map(|i| (hint, i));
-            if found.is_some() {
-                ss = null();
+        // Where spans of this length or longer were freed last: recently
+        // touched headers, most likely to fit.
+        for &hint in &self.span_hint[k..] {
+            if !hint.is_null() {
+                // SAFETY: pool lock held; a hint is one of our live SuperSlabs.
+                let mask = unsafe { SuperSlab::links(hint, |l| l.free_mask) };
+                found = fit(mask).map(|i| (hint, i));
+                if found.is_some() {
+                    ss = null();
+                    break;
+                }
             }
         }
         while !ss.is_null() {
