@@ -8,6 +8,14 @@
 //! the first class that has it. Sizes above [`MAX_SMALL`] go to the large
 //! path.
 //!
+//! Up to 1 KiB a size first goes up to a multiple of 8 (as in mimalloc), so
+//! its class is 8-aligned and the 10, 12, 14, 20 and 28 B classes serve
+//! nothing: a layout of alignment 8 or less then never takes the branch
+//! for a class lacking its alignment. With sizes mixed at random that
+//! branch mispredicted (`(8..=64, align 8)` churn: 14.2 -> 7.6 ns per free
+//! and allocation, a mimalloc heap's 7.7; 256..=1024 B: 9.5 -> 8.5), and
+//! the waste it costs is under 8 bytes.
+//!
 //! Invariant (checked exhaustively in the tests): for every `size` in
 //! `1..=MAX_SMALL`, `CLASS_SIZE[index_for_size(size)] >= size` and the class
 //! below is `< size`. Every size between a request and the returned block
@@ -85,6 +93,21 @@ pub(crate) const fn index_for_size(size: usize) -> usize {
     1 + 4 * (k - 3) + ((s >> (k - 2)) & 3)
 }
 
+/// Up to this size, classes come from [`BY_8`].
+const TABLE_MAX: usize = 1024;
+
+/// `BY_8[w]`: the class of `8 * w` bytes (see the module docs). A load,
+/// where computing the class takes a bit scan and shifts.
+const BY_8: [u8; TABLE_MAX / 8 + 1] = {
+    let mut t = [0u8; TABLE_MAX / 8 + 1];
+    let mut w = 0;
+    while w <= TABLE_MAX / 8 {
+        t[w] = index_for_size(8 * w) as u8;
+        w += 1;
+    }
+    t
+};
+
 /// The class serving `size` bytes at alignment `align`, or `None` when the
 /// large path must serve it.
 #[inline(always)]
@@ -95,10 +118,16 @@ pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
     // One table load, no branch on whether the size's class is aligned
     // enough: with sizes mixed at random that branch mispredicted often
     // (8..=64 B at alignment 8: 14.4 -> 10.3 ns per free and allocation).
-    let i = index_for_size(size);
-    // A Rust type's size is a multiple of its alignment, so its class has
-    // that alignment: predicted. (A table lookup with no branch measured
-    // 5% slower on churn: the load sits on the path to the class.)
+    // Both computed, one selected: sizes mixed around 1 KiB must not
+    // mispredict either.
+    let by_8 = BY_8[size.div_ceil(8).min(TABLE_MAX / 8)] as usize;
+    let i = if size <= TABLE_MAX {
+        by_8
+    } else {
+        index_for_size(size)
+    };
+    // Up to 1 KiB an alignment of 8 or less always passes, and past it a
+    // Rust type's size is a multiple of its alignment: predicted.
     if align <= CLASS_ALIGN[i] as usize {
         Some(i)
     } else {
@@ -150,6 +179,53 @@ mod tests {
                 let align = 1usize << s;
                 let want = (i..NUM_CLASSES).find(|&j| CLASS_ALIGN[j] as usize >= align);
                 assert_eq!(aligned_class(i, align), want, "class {i} align {align}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_layout_gets_the_first_aligned_class_of_its_size_rounded_to_8() {
+        let stride = if cfg!(miri) { 997 } else { 1 };
+        for size in (1..=MAX_SMALL + 1).step_by(stride) {
+            let rounded = if size <= TABLE_MAX {
+                size.next_multiple_of(8)
+            } else {
+                size
+            };
+            for s in 0..20 {
+                let align = 1usize << s;
+                let want = if size > MAX_SMALL {
+                    None
+                } else {
+                    (index_for_size(rounded)..NUM_CLASSES)
+                        .find(|&j| CLASS_ALIGN[j] as usize >= align)
+                };
+                assert_eq!(class_for(size, align), want, "size {size} align {align}");
+                if s <= 3 && size <= TABLE_MAX {
+                    assert!(CLASS_ALIGN[want.unwrap()] >= 8, "size {size}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_up_to_the_returned_length_map_to_the_same_class() {
+        let stride = if cfg!(miri) { 997 } else { 1 };
+        for size in (1..=MAX_SMALL).step_by(stride) {
+            for s in 0..8 {
+                let align = 1usize << s;
+                let c = class_for(size, align).unwrap();
+                for other in [
+                    size,
+                    (size + CLASS_SIZE[c] as usize) / 2,
+                    CLASS_SIZE[c] as usize,
+                ] {
+                    assert_eq!(
+                        class_for(other, align),
+                        Some(c),
+                        "size {size} vs {other} align {align}"
+                    );
+                }
             }
         }
     }

@@ -368,12 +368,12 @@ fn shrink_then_allocate_aligned_keeps_counts() {
     let keep = a.allocate(l(8, 8)).unwrap();
     let x = a.allocate(l(1000, 8)).unwrap(); // class 1024, align 1024
                                              // SAFETY: live with l(1000, 8).
-    let s = unsafe { a.shrink(x.cast(), l(1000, 8), l(10, 2)) }.unwrap();
+    let s = unsafe { a.shrink(x.cast(), l(1000, 8), l(40, 2)) }.unwrap();
     assert_eq!(s.cast::<u8>(), x.cast::<u8>(), "tail shrink moved");
-    assert_eq!(s.len(), 10);
+    assert_eq!(s.len(), 40);
     let y = a.allocate(l(1024, 1024)).unwrap();
     assert_eq!(y.cast::<u8>().as_ptr() as usize % 1024, 0);
-    let z = a.allocate(l(14, 2)).unwrap(); // class 14, 2-aligned
+    let z = a.allocate(l(56, 2)).unwrap(); // class 56, 8-aligned
     let st = a.stats();
     let by = |sz: u64| {
         st.classes
@@ -383,38 +383,38 @@ fn shrink_then_allocate_aligned_keeps_counts() {
             .unwrap_or_default()
     };
     assert_eq!(by(1024).blocks_in_use, 1, "{st:?}");
-    assert_eq!(by(10).blocks_in_use, 1, "{st:?}");
-    assert_eq!(by(14).blocks_in_use, 1, "{st:?}");
+    assert_eq!(by(40).blocks_in_use, 1, "{st:?}");
+    assert_eq!(by(56).blocks_in_use, 1, "{st:?}");
     assert_eq!(by(8).blocks_in_use, 1, "{st:?}");
     assert_eq!(st.blocks_in_use, 4);
     // SAFETY: live blocks with these layouts.
     unsafe {
-        a.deallocate(z.cast(), l(14, 2));
+        a.deallocate(z.cast(), l(56, 2));
         a.deallocate(y.cast(), l(1024, 1024));
-        a.deallocate(s.cast(), l(10, 2));
+        a.deallocate(s.cast(), l(40, 2));
         a.deallocate(keep.cast(), l(8, 8));
     }
     check_empty(&a);
 }
 
 /// A "grow" to a layout with a smaller alignment may map to a smaller
-/// class (9 B at 8-alignment is the 16 B class; 10 B at 2 is the 10 B
-/// class): at the tail that shrinks the block in place to 10 bytes. The
+/// class (33 B at 32-alignment is the 64 B class; 34 B at 8 is the 40 B
+/// class): at the tail that shrinks the block in place to 40 bytes. The
 /// freed bytes must return, and a free with the new layout must balance.
 #[test]
 fn grow_to_a_smaller_class_through_alignment() {
     let a = SmallMidArena::new();
     let keep = a.allocate(l(8, 8)).unwrap();
-    let x = a.allocate(l(9, 8)).unwrap();
-    assert_eq!(x.len(), 16);
-    // SAFETY: live with l(9, 8).
-    unsafe { x.cast::<u8>().as_ptr().write_bytes(7, 9) };
-    // SAFETY: live with l(9, 8); new size >= old size.
-    let g = unsafe { a.grow_zeroed(x.cast(), l(9, 8), l(10, 2)) }.unwrap();
-    assert!(g.len() >= 10);
+    let x = a.allocate(l(33, 32)).unwrap();
+    assert_eq!(x.len(), 64);
+    // SAFETY: live with l(33, 32).
+    unsafe { x.cast::<u8>().as_ptr().write_bytes(7, 33) };
+    // SAFETY: live with l(33, 32); new size >= old size.
+    let g = unsafe { a.grow_zeroed(x.cast(), l(33, 32), l(34, 8)) }.unwrap();
+    assert_eq!(g.len(), 40);
     // SAFETY: live.
     let s = unsafe { core::slice::from_raw_parts(g.cast::<u8>().as_ptr(), g.len()) };
-    assert!(s[..9].iter().all(|&b| b == 7) && s[9..].iter().all(|&b| b == 0));
+    assert!(s[..33].iter().all(|&b| b == 7) && s[33..].iter().all(|&b| b == 0));
     let next = a.allocate(l(8, 1)).unwrap();
     let (gp, np) = (
         g.cast::<u8>().as_ptr() as usize,
@@ -424,7 +424,7 @@ fn grow_to_a_smaller_class_through_alignment() {
     // SAFETY: live blocks with these layouts.
     unsafe {
         a.deallocate(next.cast(), l(8, 1));
-        a.deallocate(g.cast(), l(10, 2));
+        a.deallocate(g.cast(), l(34, 8));
         a.deallocate(keep.cast(), l(8, 8));
     }
     check_empty(&a);
