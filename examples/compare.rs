@@ -264,13 +264,22 @@ fn timed(ops: u64, f: impl FnOnce()) -> Run {
 /// Ring of 4096 slots; each op frees the slot's block and allocates a random
 /// size in 256..=1024 (the seed's own benchmark).
 fn churn<P: Peer>(scale: f64) -> Option<Run> {
+    churn_sized::<P>(scale, 256, 1024, 4096)
+}
+
+/// `churn` of other size mixes: `churn-small`, 8..=64 B (boxed scalars,
+/// short strings, list nodes) in a ring of 4096; `churn-large`, 32..=256
+/// KiB (buffers, spans of slabs here) in a ring of 64, a quarter of the
+/// ops.
+fn churn_sized<P: Peer>(scale: f64, lo: usize, hi: usize, ring_len: usize) -> Option<Run> {
+    assert!(ring_len.is_power_of_two());
     if !P::FREES {
         return None;
     }
     let arena = P::new();
     let a = arena.alloc();
-    let mut sizes = Sizes::new(256, 1024, 1);
-    let mut ring: Vec<(NonNull<u8>, Layout)> = (0..4096)
+    let mut sizes = Sizes::new(lo, hi, 1);
+    let mut ring: Vec<(NonNull<u8>, Layout)> = (0..ring_len)
         .map(|_| {
             let l = sizes.next();
             (alloc_touch(&a, l), l)
@@ -278,15 +287,16 @@ fn churn<P: Peer>(scale: f64) -> Option<Run> {
         .collect();
     let mut step = |n: usize, ring: &mut Vec<(NonNull<u8>, Layout)>| {
         for i in 0..n {
-            let slot = &mut ring[i & 4095];
-            // SAFETY: allocated from `a` with this layout.
+            let slot = &mut ring[i & (ring_len - 1)]; // no division in the loop
+                                                      // SAFETY: allocated from `a` with this layout.
             unsafe { a.deallocate(slot.0, slot.1) };
             let l = sizes.next();
             *slot = (alloc_touch(&a, l), l);
         }
     };
-    step(1 << 20, &mut ring); // warm-up
-    let ops = (10_000_000.0 * scale) as usize;
+    let per_op = hi.div_ceil(64 << 10); // large blocks: fewer ops
+    step((1 << 20) / per_op, &mut ring); // warm-up
+    let ops = (10_000_000.0 * scale) as usize / per_op;
     let run = timed(ops as u64, || step(ops, &mut ring));
     for (p, l) in ring {
         // SAFETY: as above.
@@ -805,8 +815,10 @@ const BOX_PEERS: [&str; 4] = [
 
 // ---------------------------------------------------------------- driver
 
-const WORKLOADS: [(&str, &str); 12] = [
+const WORKLOADS: [(&str, &str); 14] = [
     ("churn", "mimalloc"),
+    ("churn-small", "mimalloc"),
+    ("churn-large", "mimalloc"),
     ("fill-drop", "mimalloc heap"),
     ("per-request", "bumpalo"),
     ("xthread", "mimalloc"),
@@ -852,6 +864,8 @@ const SHARED_PEERS: [&str; 4] = ["smallmid", "mimalloc", "system (glibc)", "blin
 fn run_peer<P: Peer>(workload: &str, scale: f64) -> Option<Run> {
     match workload {
         "churn" => churn::<P>(scale),
+        "churn-small" => churn_sized::<P>(scale, 8, 64, 4096),
+        "churn-large" => churn_sized::<P>(scale, 32 << 10, 256 << 10, 64),
         "fill-drop" => fill_drop::<P>(scale),
         "per-request" | "reset" => per_request::<P>(scale),
         "xthread" => xthread::<P>(scale),
