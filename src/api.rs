@@ -238,13 +238,22 @@ impl ArenaState {
             && large::kind(old.size(), old.align()) == Kind::Huge
             && large::kind(new.size(), new.align()) == Kind::Huge
         {
+            // The record goes first: once `mremap` moved the block, another
+            // thread's fresh mapping may get the old address at once.
+            let record = self.checked.take(ptr, old);
             // SAFETY: per contract a live huge block of ours, allocated
             // with `old`, whose alignment `new` shares.
-            if let Some(block) = unsafe { self.resize_huge(ptr, new)? } {
-                self.checked.freed(ptr, old);
-                self.checked.allocated(block, new);
-                asan::unpoison(block.cast::<u8>().as_ptr(), block.len());
-                return Ok(block);
+            match unsafe { self.resize_huge(ptr, new) } {
+                Ok(Some(block)) => {
+                    self.checked.allocated(block, new);
+                    asan::unpoison(block.cast::<u8>().as_ptr(), block.len());
+                    return Ok(block);
+                }
+                Ok(None) => self.checked.restore(ptr, record),
+                Err(e) => {
+                    self.checked.restore(ptr, record);
+                    return Err(e);
+                }
             }
         }
         let fresh = match self.allocate(new) {

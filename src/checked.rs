@@ -22,6 +22,9 @@ mod imp {
         live: Mutex<HashMap<usize, (Layout, usize)>>,
     }
 
+    /// A live block's record, taken out (see [`Checked::take`]).
+    pub(crate) type Record = Option<(Layout, usize)>;
+
     impl Checked {
         pub(crate) fn new() -> Self {
             Self::default()
@@ -43,6 +46,21 @@ mod imp {
         pub(crate) fn freed(&self, ptr: NonNull<u8>, layout: Layout) {
             if let Some(mut live) = self.check(ptr, layout) {
                 live.remove(&(ptr.as_ptr() as usize));
+            }
+        }
+
+        /// As [`Self::freed`], returning the record for [`Self::restore`]:
+        /// for a block whose address may be reused by the system before the
+        /// caller knows whether it moved (a huge block `mremap`ped).
+        pub(crate) fn take(&self, ptr: NonNull<u8>, layout: Layout) -> Record {
+            let mut live = self.check(ptr, layout)?;
+            live.remove(&(ptr.as_ptr() as usize))
+        }
+
+        /// Puts back a record [`Self::take`] removed (the block did not move).
+        pub(crate) fn restore(&self, ptr: NonNull<u8>, record: Record) {
+            if let Some(r) = record {
+                lock(&self.live).insert(ptr.as_ptr() as usize, r);
             }
         }
 
@@ -97,6 +115,10 @@ mod imp {
     #[derive(Debug)]
     pub(crate) struct Checked;
 
+    /// Nothing to take out without the feature.
+    #[derive(Debug)]
+    pub(crate) struct Record;
+
     impl Checked {
         pub(crate) fn new() -> Self {
             Checked
@@ -105,6 +127,12 @@ mod imp {
         pub(crate) fn allocated(&self, _: NonNull<[u8]>, _: Layout) {}
         #[inline(always)]
         pub(crate) fn freed(&self, _: NonNull<u8>, _: Layout) {}
+        #[inline(always)]
+        pub(crate) fn take(&self, _: NonNull<u8>, _: Layout) -> Record {
+            Record
+        }
+        #[inline(always)]
+        pub(crate) fn restore(&self, _: NonNull<u8>, _: Record) {}
         #[inline(always)]
         pub(crate) fn verify(&self, _: NonNull<u8>, _: Layout) {}
         #[inline(always)]
