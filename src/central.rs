@@ -180,20 +180,22 @@ impl ArenaState {
         Some(b)
     }
 
-    /// Returns `count` blocks of `class` linked from `head`, each to its slab.
-    /// Returns how many went to slabs last taken from by a thread other
-    /// than `flusher`: cross-thread frees.
+    /// Returns the first `count` blocks of `class` linked from `head`, each
+    /// to its slab. Returns how many went to slabs last taken from by a
+    /// thread other than `flusher` (cross-thread frees), and the rest of
+    /// the chain after them (read before each block is reused, so a cache
+    /// splitting its list needs no walk of its own).
     ///
     /// # Safety
-    /// Every block on the chain is a live block of `class` from this arena,
-    /// not used afterwards, and appears once.
+    /// The first `count` blocks on the chain are live blocks of `class`
+    /// from this arena, not used afterwards, each appearing once.
     pub(crate) unsafe fn flush(
         &self,
         class: usize,
         mut head: *mut u8,
         count: u32,
         flusher: u32,
-    ) -> u32 {
+    ) -> (u32, *mut u8) {
         let mut cross = 0;
         self.mark_dirty();
         let mut list = lock(&self.classes[class]);
@@ -230,7 +232,7 @@ impl ArenaState {
                 unsafe { lock(&self.pool).release_emptied_slab(ss, idx) };
             }
         }
-        cross
+        (cross, head)
     }
 
     /// Frees one block straight to its slab (threads without a cache).
