@@ -341,7 +341,8 @@ unsafe impl Allocator for SmallMidArena {
 // its one panic inside a critical section (a block freed with another
 // class's layout, caught when its batch is flushed) fires before that
 // block is touched, after the blocks before it were returned whole; the
-// rest of that batch stays counted as in use (leaked until reset or drop).
+// rest of that batch, and the part of the cache's list the flush was to
+// keep, stay counted as in use (leaked until reset or drop).
 // `checked` misuse panics fire before any state changes; locks ignore
 // poison (see `sync::lock`). So `catch_unwind(|| arena.alloc(1))` is as
 // sound as with `&Vec`.

@@ -859,10 +859,16 @@ impl ArenaState {
                     let n = l.count - CACHE_CAP[class] / 2;
                     // One pass: the flush hands back the rest of the list
                     // (a walk to split it first cost a dependent load per
-                    // block: half of this path in a free-heavy phase).
-                    let (cross, rest) = self.flush(class, l.head, n, tid);
+                    // block: half of this path in a free-heavy phase). The
+                    // list is detached meanwhile: if the flush panics on a
+                    // misused block, the cache holds none of the blocks it
+                    // already returned (the rest stay out until reset).
+                    let (head, count) = (l.head, l.count);
+                    l.head = null_mut();
+                    l.count = 0;
+                    let (cross, rest) = self.flush(class, head, n, tid);
                     l.head = rest;
-                    l.count -= n;
+                    l.count = count - n;
                     bump(&counters.flushes, 1);
                     bump(&counters.cross, cross as u64);
                 }
