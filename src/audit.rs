@@ -32,6 +32,8 @@ pub struct Audit {
     pub free_slabs: usize,
     /// SuperSlabs held.
     pub superslabs: usize,
+    /// Of them, SuperSlabs with transparent huge pages asked for.
+    pub huge_paged: usize,
 }
 
 impl Audit {
@@ -71,6 +73,7 @@ impl SmallMidArena {
             span_slabs: 0,
             free_slabs: 0,
             superslabs: pool.superslabs,
+            huge_paged: 0,
         };
         let mut on_lists = vec![0usize; lists.len()];
         for ss in pool.all_superslabs() {
@@ -79,6 +82,8 @@ impl SmallMidArena {
             let mask = unsafe { SuperSlab::links(ss, |l| l.free_mask) };
             // SAFETY: as above.
             let owner = unsafe { (*ss).arena };
+            // SAFETY: pool lock held; the header is live.
+            a.huge_paged += usize::from(unsafe { SuperSlab::links(ss, |l| l.huge_paged) });
             assert!(core::ptr::eq(owner, st), "SuperSlab owned by another arena");
             for idx in 0..SLABS {
                 let free_bit = mask & (1 << idx) != 0;

@@ -160,7 +160,7 @@ impl SmallMidArena {
             return Err(AllocError);
         }
         for _ in 0..more {
-            pool.grow().ok_or(AllocError)?;
+            pool.grow(false).ok_or(AllocError)?;
         }
         Ok(())
     }

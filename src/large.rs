@@ -8,8 +8,9 @@
 //! - **Huge**: anything larger gets its own mapping, with a [`HugeHeader`]
 //!   just below the block. The arena keeps huge blocks on a list, so
 //!   dropping the arena unmaps them too. A mapping of [`HUGE_PAGE`] or more
-//!   is aligned to it and asks for transparent huge pages: a 256 MiB block
-//!   then faults 128 times, not 65,536. A freed huge block's mapping is
+//!   (or of half of one, rounded up to one) is aligned to it and asks for
+//!   transparent huge pages: a 256 MiB block then faults 128 times, not
+//!   65,536, and a 1.1 MiB hash table once, not 272 times. A freed huge block's mapping is
 //!   kept for a while for the next one of about its size, process-wide
 //!   (see [`crate::huge_cache`]).
 //!
@@ -124,19 +125,28 @@ impl ArenaState {
         if !pool.fits(len) {
             return Err(AllocError);
         }
+        // Only whole huge pages inside a mapping get one: rounded up to a
+        // whole number of them, the tail does not fault 4 KiB at a time
+        // (a 17 MiB table: 266 faults -> 9). Only where that adds at most a
+        // quarter, or where the block is one huge page at most and half of
+        // one at least (1..2 MiB: one fault, not up to 512, for at most
+        // 1 MiB more); the block's length says how much it got. Never past
+        // the limit.
+        let len = match len.checked_next_multiple_of(HUGE_PAGE) {
+            Some(r)
+                if os::HUGE_PAGES
+                    && len >= HUGE_PAGE / 2
+                    && (r - len <= len / 4 || r == HUGE_PAGE)
+                    && pool.fits(r) =>
+            {
+                r
+            }
+            _ => len,
+        };
         let map_align = if os::HUGE_PAGES && len >= HUGE_PAGE {
             lead.max(HUGE_PAGE)
         } else {
             lead
-        };
-        // Only whole huge pages inside a mapping get one: rounded up to a
-        // whole number of them, the tail does not fault 4 KiB at a time
-        // (a 17 MiB table: 266 faults -> 9). Only where that adds at most a
-        // quarter (the block's length says how much it got); never past
-        // the limit.
-        let len = match len.checked_next_multiple_of(HUGE_PAGE) {
-            Some(r) if map_align >= HUGE_PAGE && r - len <= len / 4 && pool.fits(r) => r,
-            _ => len,
         };
         // A kept mapping of about this size first (see `huge_cache`).
         let cached = huge_cache::take(len, map_align).and_then(|m| {

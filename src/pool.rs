@@ -32,10 +32,11 @@
 //! of its own (`MADV_DONTNEED`, one call per run of adjacent slabs). Taking
 //! a slab prefers a resident one. Slabs freed by a reset stay warm: a
 //! recycled arena's next request needs them. Slabs of huge-paged
-//! SuperSlabs (an arena's fifth on) are never counted or decommitted one by
-//! one: that splits their 2 MiB pages (measured: 10x the faults to fill
-//! them again); they go back with their whole SuperSlab, through the warm
-//! cache.
+//! SuperSlabs (an arena's fifth on, or one a span of 256 KiB or more
+//! took when the arena had no room for it) are never counted or
+//! decommitted one by one: that splits their 2 MiB pages (measured: 10x
+//! the faults to fill them again); they go back with their whole
+//! SuperSlab, through the warm cache.
 
 use crate::arena::ArenaState;
 use crate::large::HugeHeader;
@@ -49,6 +50,10 @@ use core::ptr::{null, null_mut, NonNull};
 
 /// SuperSlabs an arena holds before its next ones come huge-paged.
 const DENSE_SUPERSLABS: usize = 4;
+/// A span of this many slabs (256 KiB) that finds no room in the arena's
+/// SuperSlabs takes a huge-paged one: the arena has filled what it holds
+/// and asks for a quarter of a SuperSlab at once (a growing table).
+const DENSE_SPAN: usize = 4;
 
 /// Mixed slabs an arena holds at once. Blocks flushed back to a mixed slab
 /// wait for the whole slab, so a few long-lived blocks can pin one: past
@@ -296,14 +301,15 @@ impl Pool {
     }
 
     /// Adds a SuperSlab from the warm cache or the OS (address space: the
-    /// limit counts the slabs claimed from it).
-    pub(crate) fn grow(&mut self) -> Option<*const SuperSlab> {
+    /// limit counts the slabs claimed from it), huge-paged if the arena is
+    /// big or `dense` says the request is (and no limit forbids it).
+    pub(crate) fn grow(&mut self, dense: bool) -> Option<*const SuperSlab> {
         // Huge pages pay once an arena is big: a few SuperSlabs are what a
         // request's arena with many size classes takes, one page per slab.
         // Not under a limit: a huge page would fill beyond the slabs the
         // limit counts, and its free slabs could not be decommitted.
         let limited = self.limit() != u64::MAX;
-        let dense = self.superslabs >= DENSE_SUPERSLABS && !limited;
+        let dense = (dense || self.superslabs >= DENSE_SUPERSLABS) && !limited;
         let base = warm::acquire(dense)?;
         // SAFETY: `acquire` hands out an unused, aligned SuperSlab.
         let ss = unsafe { SuperSlab::init(base.as_ptr(), self.arena) };
@@ -486,7 +492,7 @@ impl Pool {
             return None;
         }
         let ss = if self.avail.is_null() {
-            self.grow()?
+            self.grow(false)?
         } else {
             self.avail
         };
@@ -564,7 +570,7 @@ impl Pool {
         let (ss, idx) = match found {
             Some(f) => f,
             None => {
-                let ss = self.grow()?;
+                let ss = self.grow(k >= DENSE_SPAN)?;
                 (ss, fit(ALL_FREE)?)
             }
         };

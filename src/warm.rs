@@ -15,8 +15,8 @@
 //!
 //! A region is never unmapped while any of its SuperSlabs is in use, warm or
 //! busy. Fully cold regions stay reserved for the next peak, unless more
-//! than [`COLD_RESERVE`] times the warm cap is reserved that way (then the
-//! excess regions are unmapped whole).
+//! than [`COLD_RESERVE`] times the warm cap (and more than one region) is
+//! reserved that way (then the excess regions are unmapped whole).
 //!
 //! Where pages cannot be decommitted (the `std::alloc` backend under miri
 //! and loom, non-unix), a region is a single SuperSlab and "decommit" means
@@ -274,10 +274,16 @@ impl Warm {
     }
 
     /// Takes off the list the fully cold regions, highest first, while they
-    /// reserve more than [`COLD_RESERVE`] times the warm cap.
+    /// reserve more than [`COLD_RESERVE`] times the warm cap, and more than
+    /// one region: under a small cap, an arena whose first SuperSlab (the
+    /// only one of its small-paged region) went cold would otherwise map a
+    /// region anew every time it is made again.
     fn unreserve(&mut self) -> Doomed {
         let mut doomed = Doomed::new();
-        let keep = self.limit.saturating_mul(COLD_RESERVE);
+        let keep = self
+            .limit
+            .saturating_mul(COLD_RESERVE)
+            .max(REGION_SUPERSLABS);
         let mut reserved: usize =
             self.regions.iter().filter(|r| r.cold == FULL).count() * REGION_SUPERSLABS;
         let mut i = self.regions.len();

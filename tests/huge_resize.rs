@@ -199,8 +199,9 @@ fn growth_by_small_steps_gets_huge_pages() {
 }
 
 /// A fresh huge block's mapping is rounded up to whole 2 MiB pages where
-/// that adds at most a quarter (so its tail gets huge pages too), and the
-/// block's length says so; never past the limit.
+/// that adds at most a quarter (so its tail gets huge pages too), or where
+/// it is one huge page and half of it is the block; the block's length says
+/// so; never past the limit.
 #[test]
 fn fresh_huge_blocks_take_whole_huge_pages_within_a_quarter() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -208,10 +209,13 @@ fn fresh_huge_blocks_take_whole_huge_pages_within_a_quarter() {
     let thp = cfg!(all(target_os = "linux", not(miri)));
     let a = SmallMidArena::new();
     for (size, rounded) in [
-        (9 * MIB, 10 * MIB),       // + 1 MiB - 4 KiB: a ninth
-        (17 * MIB + 16, 18 * MIB), // the 2^20-bucket hash table
-        (2 * MIB + 128 * 1024, 0), // + 1.9 MiB: not rounded
-        (4 * MIB + 256 * 1024, 0), // + 1.7 MiB on 4.25: not rounded
+        (9 * MIB, 10 * MIB),        // + 1 MiB - 4 KiB: a ninth
+        (17 * MIB + 16, 18 * MIB),  // the 2^20-bucket hash table
+        (2 * MIB + 128 * 1024, 0),  // + 1.9 MiB: not rounded
+        (MIB + 64 * 1024, 2 * MIB), // 1..2 MiB: one huge page
+        (2 * MIB - 8192, 2 * MIB),  // with its header, just one
+        (1000 * 1024, 0),           // under 1 MiB mapped: not rounded
+        (4 * MIB + 256 * 1024, 0),  // + 1.7 MiB on 4.25: not rounded
     ] {
         let l = lay(size, 8);
         let b = a.allocate(l).unwrap();
@@ -237,4 +241,46 @@ fn fresh_huge_blocks_take_whole_huge_pages_within_a_quarter() {
     assert!(lim.stats().bytes_held <= (9 * MIB + 2 * PAGE) as u64);
     // SAFETY: allocated above with `l`.
     unsafe { lim.deallocate(b.cast(), l) };
+}
+
+/// A span of 256 KiB or more that finds no room in the arena's SuperSlabs
+/// takes a huge-paged one (a table growing past its first SuperSlab);
+/// shorter spans, and any span under a memory limit, do not.
+#[test]
+fn long_spans_past_the_arena_s_room_take_huge_pages() {
+    let thp = cfg!(all(target_os = "linux", not(miri)));
+    for limited in [false, true] {
+        let a = if limited {
+            SmallMidArena::builder().memory_limit(64 * MIB).build()
+        } else {
+            SmallMidArena::new()
+        };
+        let three = lay(3 << 16, 8);
+        let four = lay(4 << 16, 8);
+        let mut live = Vec::new();
+        let mut take = |l: Layout| live.push((a.allocate(l).unwrap(), l));
+        // Five spans of three slabs fill the first SuperSlab (slab 0 is
+        // its header); a sixth takes a second one, small-paged.
+        for _ in 0..6 {
+            take(three);
+        }
+        let au = a.audit();
+        assert_eq!((au.superslabs, au.huge_paged), (2, 0), "limited: {limited}");
+        // Four more fill the second; a long span then takes a third.
+        for _ in 0..4 {
+            take(three);
+        }
+        take(four);
+        let au = a.audit();
+        let want = usize::from(thp && !limited);
+        assert_eq!(
+            (au.superslabs, au.huge_paged),
+            (3, want),
+            "limited: {limited}"
+        );
+        for (b, l) in live {
+            // SAFETY: allocated above with `l`, freed once.
+            unsafe { a.deallocate(b.cast(), l) };
+        }
+    }
 }
