@@ -8,9 +8,10 @@
 //! - **Huge**: anything larger gets its own mapping, with a [`HugeHeader`]
 //!   just below the block. The arena keeps huge blocks on a list, so
 //!   dropping the arena unmaps them too. A mapping of [`HUGE_PAGE`] or more
-//!   (or of half of one, rounded up to one) is aligned to it and asks for
-//!   transparent huge pages: a 256 MiB block then faults 128 times, not
-//!   65,536, and a 1.1 MiB hash table once, not 272 times. A freed huge block's mapping is
+//!   (or of half of one, in an arena holding half of that already:
+//!   rounded up to one) is aligned to it and asks for transparent huge
+//!   pages: a 256 MiB block then faults 128 times, not 65,536, and a
+//!   1.1 MiB hash table grown from a 557 KiB one once, not 272 times. A freed huge block's mapping is
 //!   kept for a while for the next one of about its size, process-wide
 //!   (see [`crate::huge_cache`]).
 //!
@@ -129,14 +130,16 @@ impl ArenaState {
         // whole number of them, the tail does not fault 4 KiB at a time
         // (a 17 MiB table: 266 faults -> 9). Only where that adds at most a
         // quarter, or where the block is one huge page at most and half of
-        // one at least (1..2 MiB: one fault, not up to 512, for at most
-        // 1 MiB more); the block's length says how much it got. Never past
-        // the limit.
+        // one at least, in an arena that already holds half of it (a
+        // table or buffer that doubled: one fault, not up to 512, for at
+        // most 1 MiB more; a lone 1.2 MiB block stays as it is). The
+        // block's length says how much it got. Never past the limit.
+        let grown = pool.held_bytes() >= len / 2;
         let len = match len.checked_next_multiple_of(HUGE_PAGE) {
             Some(r)
                 if os::HUGE_PAGES
                     && len >= HUGE_PAGE / 2
-                    && (r - len <= len / 4 || r == HUGE_PAGE)
+                    && (r - len <= len / 4 || (r == HUGE_PAGE && grown))
                     && pool.fits(r) =>
             {
                 r

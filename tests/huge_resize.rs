@@ -200,8 +200,8 @@ fn growth_by_small_steps_gets_huge_pages() {
 
 /// A fresh huge block's mapping is rounded up to whole 2 MiB pages where
 /// that adds at most a quarter (so its tail gets huge pages too), or where
-/// it is one huge page and half of it is the block; the block's length says
-/// so; never past the limit.
+/// it is one huge page, half of it is the block and the arena held half of
+/// the block already; the block's length says so; never past the limit.
 #[test]
 fn fresh_huge_blocks_take_whole_huge_pages_within_a_quarter() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -209,13 +209,12 @@ fn fresh_huge_blocks_take_whole_huge_pages_within_a_quarter() {
     let thp = cfg!(all(target_os = "linux", not(miri)));
     let a = SmallMidArena::new();
     for (size, rounded) in [
-        (9 * MIB, 10 * MIB),        // + 1 MiB - 4 KiB: a ninth
-        (17 * MIB + 16, 18 * MIB),  // the 2^20-bucket hash table
-        (2 * MIB + 128 * 1024, 0),  // + 1.9 MiB: not rounded
-        (MIB + 64 * 1024, 2 * MIB), // 1..2 MiB: one huge page
-        (2 * MIB - 8192, 2 * MIB),  // with its header, just one
-        (1000 * 1024, 0),           // under 1 MiB mapped: not rounded
-        (4 * MIB + 256 * 1024, 0),  // + 1.7 MiB on 4.25: not rounded
+        (9 * MIB, 10 * MIB),       // + 1 MiB - 4 KiB: a ninth
+        (17 * MIB + 16, 18 * MIB), // the 2^20-bucket hash table
+        (2 * MIB + 128 * 1024, 0), // + 1.9 MiB: not rounded
+        (2 * MIB - 8192, 2 * MIB), // with its header, just one huge page
+        (MIB + 64 * 1024, 0),      // a lone 1..2 MiB block: not rounded
+        (4 * MIB + 256 * 1024, 0), // + 1.7 MiB on 4.25: not rounded
     ] {
         let l = lay(size, 8);
         let b = a.allocate(l).unwrap();
@@ -231,6 +230,25 @@ fn fresh_huge_blocks_take_whole_huge_pages_within_a_quarter() {
         unsafe { a.deallocate(b.cast(), l) };
         smallmid::trim_warm_cache();
     }
+    // A 1..2 MiB block in an arena holding half of it (a table that
+    // doubled) is one huge page; under 1 MiB mapped, never.
+    let half = lay(600 * 1024, 8);
+    let h = a.allocate(half).unwrap();
+    for (size, rounded) in [(MIB + 64 * 1024, 2 * MIB), (1000 * 1024, 0)] {
+        let l = lay(size, 8);
+        let b = a.allocate(l).unwrap();
+        let want = if thp && rounded != 0 {
+            rounded - PAGE
+        } else {
+            size.next_multiple_of(PAGE)
+        };
+        assert_eq!(b.len(), want, "block of {size} bytes after one of 600 KiB");
+        // SAFETY: allocated above with `l`.
+        unsafe { a.deallocate(b.cast(), l) };
+        smallmid::trim_warm_cache(); // its mapping is not kept for the next
+    }
+    // SAFETY: allocated above with `half`.
+    unsafe { a.deallocate(h.cast(), half) };
     // Under a limit that the rounding would pass, the block is not rounded.
     let lim = SmallMidArena::builder()
         .memory_limit(9 * MIB + 2 * PAGE)
