@@ -62,7 +62,7 @@ pub(crate) const MAX_MIXED: usize = 8;
 
 /// Emptied slabs of live arenas that may stay resident, process-wide: 8 MiB
 /// (the pages a slab's blocks reached: often much less).
-const MAX_RESIDENT_FREE: u64 = 64;
+const MAX_RESIDENT_FREE: u64 = 128;
 
 /// Emptied slabs an arena in use keeps resident past that bound: a
 /// producer/consumer pair empties and retakes slabs all the time, and
