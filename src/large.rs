@@ -8,7 +8,7 @@
 //! - **Huge**: anything larger gets its own mapping, with a [`HugeHeader`]
 //!   just below the block. The arena keeps huge blocks on a list, so
 //!   dropping the arena unmaps them too. A mapping of [`HUGE_PAGE`] or more
-//!   (or of half of one, in an arena holding half of that already:
+//!   (or a block of 1 to 2 MiB about twice the arena's last large one:
 //!   rounded up to one) is aligned to it and asks for transparent huge
 //!   pages: a 256 MiB block then faults 128 times, not 65,536, and a
 //!   1.1 MiB hash table grown from a 557 KiB one once, not 272 times. A freed huge block's mapping is
@@ -23,6 +23,7 @@ use crate::arena::ArenaState;
 use crate::huge_cache;
 use crate::os::{self, HUGE_PAGE, PAGE};
 use crate::pool::Pool;
+use crate::size_class::class_for;
 use crate::slab::SLAB_SIZE;
 use crate::superslab::{SuperSlab, SLABS};
 use crate::sync::{bump, lock};
@@ -100,7 +101,9 @@ impl ArenaState {
         match kind(layout.size(), layout.align()) {
             Kind::Span { slabs, step } => {
                 let mut pool = lock(&self.pool);
-                let (ss, idx) = pool.take_span(slabs, step).ok_or(AllocError)?;
+                let dense = pool.doubles(layout.size());
+                pool.last_large = layout.size();
+                let (ss, idx) = pool.take_span(slabs, step, dense).ok_or(AllocError)?;
                 self.count_large(&mut pool, 1, 0, (slabs * SLAB_SIZE) as i64);
                 drop(pool);
                 let p = SuperSlab::slab_start(ss, idx);
@@ -129,18 +132,20 @@ impl ArenaState {
         // Only whole huge pages inside a mapping get one: rounded up to a
         // whole number of them, the tail does not fault 4 KiB at a time
         // (a 17 MiB table: 266 faults -> 9). Only where that adds at most a
-        // quarter, or where the block is one huge page at most and half of
-        // one at least, in an arena that already holds half of it (a
-        // table or buffer that doubled: one fault, not up to 512, for at
-        // most 1 MiB more; a lone 1.2 MiB block stays as it is). The
-        // block's length says how much it got. Never past the limit.
-        let grown = pool.held_bytes() >= len / 2;
+        // quarter, or where a block of 1 to 2 MiB about doubles the last
+        // large one (a table or buffer growing: one fault, not up to 512,
+        // for at most 1 MiB more; a lone 1.2 MiB block, or one like the
+        // last, stays as it is). The block's length says how much it got.
+        // Not under a limit: the rounding would spend it (a limited arena
+        // takes no huge-paged SuperSlab either).
+        let doubles = pool.doubles(layout.size());
+        pool.last_large = layout.size();
         let len = match len.checked_next_multiple_of(HUGE_PAGE) {
             Some(r)
                 if os::HUGE_PAGES
-                    && len >= HUGE_PAGE / 2
-                    && (r - len <= len / 4 || (r == HUGE_PAGE && grown))
-                    && pool.fits(r) =>
+                    && !self.limited()
+                    && (r - len <= len / 4
+                        || (r == HUGE_PAGE && layout.size() >= HUGE_PAGE / 2 && doubles)) =>
             {
                 r
             }
@@ -385,8 +390,12 @@ impl ArenaState {
     /// has no room for the copy: the block's own mapping is the room. The
     /// mapping is shrunk in place to `keep` bytes, the freed room held for
     /// this thread, `new` allocated; if that still fails, the mapping gets
-    /// its length back in place (the room was held) and the block is as
-    /// before. `None`: not a huge block, no `mremap`, or no room anyway.
+    /// its whole length back in place (the room was held) and the block is
+    /// as before. The tail goes only once the new block surely fits: the
+    /// room it may take is checked, and a SuperSlab with room for it added
+    /// first (address space, which the limit does not count), so no system
+    /// call comes between (barring another thread taking that room
+    /// meanwhile). `None`: not a huge block, no `mremap`, or no room anyway.
     ///
     /// # Safety
     /// `ptr` is a live huge block of this arena allocated with `old`;
@@ -406,8 +415,17 @@ impl ArenaState {
         {
             return None;
         }
+        // The most the new block may take from the limit: a slab for a size
+        // class, its run for a span (a huge one would need a mapping).
+        let (cost, span) = match class_for(new.size(), new.align()) {
+            Some(_) => (SLAB_SIZE, None),
+            None => match kind(new.size(), new.align()) {
+                Kind::Span { slabs, step } => (slabs * SLAB_SIZE, Some((slabs, step))),
+                Kind::Huge => return None,
+            },
+        };
         let small = Layout::from_size_align(keep.max(1), old.align()).ok()?;
-        {
+        let whole = {
             let mut pool = lock(&self.pool);
             // SAFETY: per contract a live huge block; pool lock held.
             let (len, lead) = unsafe {
@@ -415,10 +433,22 @@ impl ArenaState {
                 ((*h).len, (*h).align)
             };
             let freed = len.checked_sub(keep.max(1).next_multiple_of(PAGE) + lead)?;
+            if cost > freed && !pool.fits(cost - freed) {
+                return None;
+            }
+            let room = match span {
+                Some((slabs, step)) => pool.find_span(slabs, step).is_some(),
+                None => pool.has_free_slab(),
+            };
+            if !room {
+                pool.grow(false)?;
+            }
             if !pool.reserve_room(freed) {
                 return None;
             }
-        }
+            // What the caller was given: all of it stays mapped on failure.
+            Layout::from_size_align(len - lead, old.align()).ok()?
+        };
         // SAFETY: forwarded contract; a shrink stays in place.
         let shrunk = unsafe { self.resize_huge_with(ptr, small, false) };
         let fresh = match shrunk {
@@ -429,7 +459,7 @@ impl ArenaState {
             // SAFETY: as above; the room is still held for this thread, so
             // only the address space could refuse (nothing maps there: it
             // was ours a moment ago).
-            let back = unsafe { self.resize_huge_with(ptr, old, false) };
+            let back = unsafe { self.resize_huge_with(ptr, whole, false) };
             debug_assert!(matches!(back, Ok(Some(_))), "a huge block lost its tail");
         }
         lock(&self.pool).release_room();

@@ -51,9 +51,10 @@ use core::ptr::{null, null_mut, NonNull};
 
 /// SuperSlabs an arena holds before its next ones come huge-paged.
 const DENSE_SUPERSLABS: usize = 4;
-/// A span of this many slabs (256 KiB) that finds no room in the arena's
-/// SuperSlabs takes a huge-paged one: the arena has filled what it holds
-/// and asks for a quarter of a SuperSlab at once (a growing table).
+/// A span of this many slabs (256 KiB) or more, about twice the arena's
+/// previous large block (see [`Pool::doubles`]), that finds no room in the
+/// arena's SuperSlabs takes a huge-paged one: a table or buffer growing
+/// past the arena's first SuperSlab goes on growing.
 const DENSE_SPAN: usize = 4;
 
 /// Mixed slabs an arena holds at once. Blocks flushed back to a mixed slab
@@ -99,6 +100,9 @@ pub(crate) struct Pool {
     /// Mixed slabs held (see [`crate::slab`]): the first `mixed` entries.
     mixed_at: [(*const SuperSlab, usize); MAX_MIXED],
     mixed: usize,
+    /// Size of the last large block asked for (0: none since the last
+    /// reset), for [`Self::doubles`].
+    pub(crate) last_large: usize,
     /// Emptied slabs that may be resident (see the module docs).
     resident: u64,
     /// Threads retiring their cache here: emptied slabs are not decommitted
@@ -135,6 +139,7 @@ impl Pool {
             reserved: (0, 0),
             mixed_at: [(null(), 0); MAX_MIXED],
             mixed: 0,
+            last_large: 0,
             resident: 0,
             deferring: 0,
             huge: null_mut(),
@@ -165,8 +170,19 @@ impl Pool {
         self.mixed_at[k] = self.mixed_at[self.mixed];
     }
 
-    /// Forgets every mixed slab (a reset lays them out again).
+    /// Whether a large block of `size` is about twice (1.5 to 2) the last
+    /// one: a growing `Vec` or hash table, which will grow again. Huge
+    /// pages pay for such a block; for a block like the last, or a first
+    /// one, they would only add memory.
+    pub(crate) fn doubles(&self, size: usize) -> bool {
+        let last = self.last_large;
+        last > 0 && last * 2 + size / 16 >= size && last * 3 <= size * 2
+    }
+
+    /// Forgets every mixed slab (a reset lays them out again), and the
+    /// last large block.
     pub(crate) fn clear_mixed(&mut self) {
+        self.last_large = 0;
         self.mixed = 0;
     }
 
@@ -542,41 +558,57 @@ impl Pool {
         }
     }
 
-    /// Takes `k` contiguous slabs (never slab 0) starting at an index that
-    /// is a multiple of `step`, within the limit. Marks them as a span.
-    pub(crate) fn take_span(&mut self, k: usize, step: usize) -> Option<(*const SuperSlab, usize)> {
-        if !self.fits(k * SLAB_SIZE) {
-            return None;
-        }
+    /// Whether a SuperSlab of the arena has a free slab.
+    pub(crate) fn has_free_slab(&self) -> bool {
+        !self.avail.is_null()
+    }
+
+    /// Where `k` contiguous free slabs starting at a multiple of `step`
+    /// are, in the SuperSlabs the arena holds.
+    pub(crate) fn find_span(&self, k: usize, step: usize) -> Option<(*const SuperSlab, usize)> {
         let fit = |mask: u16| span_start(mask, k, step);
-        let mut ss = self.avail;
-        let mut found = None;
         // Where spans of this length or longer were freed last: recently
         // touched headers, most likely to fit.
         for &hint in &self.span_hint[k..] {
             if !hint.is_null() {
                 // SAFETY: pool lock held; a hint is one of our live SuperSlabs.
                 let mask = unsafe { SuperSlab::links(hint, |l| l.free_mask) };
-                found = fit(mask).map(|i| (hint, i));
-                if found.is_some() {
-                    ss = null();
-                    break;
+                if let Some(i) = fit(mask) {
+                    return Some((hint, i));
                 }
             }
         }
+        let mut ss = self.avail;
         while !ss.is_null() {
             // SAFETY: pool lock held; list members are live.
             let (mask, next) = unsafe { SuperSlab::links(ss, |l| (l.free_mask, l.avail_next)) };
             if let Some(i) = fit(mask) {
-                found = Some((ss, i));
-                break;
+                return Some((ss, i));
             }
             ss = next;
         }
+        None
+    }
+
+    /// Takes `k` contiguous slabs (never slab 0) starting at an index that
+    /// is a multiple of `step`, within the limit. Marks them as a span. A
+    /// SuperSlab added for them is huge-paged if `dense` (see
+    /// [`DENSE_SPAN`]).
+    pub(crate) fn take_span(
+        &mut self,
+        k: usize,
+        step: usize,
+        dense: bool,
+    ) -> Option<(*const SuperSlab, usize)> {
+        if !self.fits(k * SLAB_SIZE) {
+            return None;
+        }
+        let found = self.find_span(k, step);
+        let fit = |mask: u16| span_start(mask, k, step);
         let (ss, idx) = match found {
             Some(f) => f,
             None => {
-                let ss = self.grow(k >= DENSE_SPAN)?;
+                let ss = self.grow(dense && k >= DENSE_SPAN)?;
                 (ss, fit(ALL_FREE)?)
             }
         };

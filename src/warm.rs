@@ -15,8 +15,8 @@
 //!
 //! A region is never unmapped while any of its SuperSlabs is in use, warm or
 //! busy. Fully cold regions stay reserved for the next peak, unless more
-//! than [`COLD_RESERVE`] times the warm cap (and more than one region) is
-//! reserved that way (then the excess regions are unmapped whole).
+//! than [`COLD_RESERVE`] times the warm cap is reserved that way (then the
+//! excess regions are unmapped whole, but for one of each kind).
 //!
 //! Where pages cannot be decommitted (the `std::alloc` backend under miri
 //! and loom, non-unix), a region is a single SuperSlab and "decommit" means
@@ -274,22 +274,28 @@ impl Warm {
     }
 
     /// Takes off the list the fully cold regions, highest first, while they
-    /// reserve more than [`COLD_RESERVE`] times the warm cap, and more than
-    /// one region: under a small cap, an arena whose first SuperSlab (the
-    /// only one of its small-paged region) went cold would otherwise map a
-    /// region anew every time it is made again.
+    /// reserve more than [`COLD_RESERVE`] times the warm cap; the last
+    /// fully cold region of each kind (huge-paged or not) stays. Under a
+    /// small cap, an arena whose SuperSlabs (of both kinds: a first one and
+    /// one for a long span) all went cold would otherwise map a region
+    /// anew every time it is made again: SuperSlabs are taken from regions
+    /// of their own kind only.
     fn unreserve(&mut self) -> Doomed {
         let mut doomed = Doomed::new();
-        let keep = self
-            .limit
-            .saturating_mul(COLD_RESERVE)
-            .max(REGION_SUPERSLABS);
-        let mut reserved: usize =
-            self.regions.iter().filter(|r| r.cold == FULL).count() * REGION_SUPERSLABS;
+        let keep = self.limit.saturating_mul(COLD_RESERVE);
+        let cold = |regions: &[Region], dense: bool| {
+            regions
+                .iter()
+                .filter(|r| r.cold == FULL && r.dense == dense)
+                .count()
+        };
+        let mut reserved =
+            (cold(&self.regions, false) + cold(&self.regions, true)) * REGION_SUPERSLABS;
         let mut i = self.regions.len();
         while reserved > keep && i > 0 {
             i -= 1;
-            if self.regions[i].cold == FULL {
+            let r = &self.regions[i];
+            if r.cold == FULL && cold(&self.regions, r.dense) > 1 {
                 doomed.push(self.regions.remove(i).base);
                 self.cold -= REGION_SUPERSLABS;
                 reserved -= REGION_SUPERSLABS;

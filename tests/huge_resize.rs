@@ -261,9 +261,10 @@ fn fresh_huge_blocks_take_whole_huge_pages_within_a_quarter() {
     unsafe { lim.deallocate(b.cast(), l) };
 }
 
-/// A span of 256 KiB or more that finds no room in the arena's SuperSlabs
-/// takes a huge-paged one (a table growing past its first SuperSlab);
-/// shorter spans, and any span under a memory limit, do not.
+/// A span of 256 KiB or more, about twice the arena's last large block,
+/// that finds no room in the arena's SuperSlabs takes a huge-paged one (a
+/// table growing past its first SuperSlab); a long span that does not
+/// double the last, a short one, and any span under a memory limit do not.
 #[test]
 fn long_spans_past_the_arena_s_room_take_huge_pages() {
     let thp = cfg!(all(target_os = "linux", not(miri)));
@@ -276,26 +277,32 @@ fn long_spans_past_the_arena_s_room_take_huge_pages() {
         let three = lay(3 << 16, 8);
         let four = lay(4 << 16, 8);
         let mut live = Vec::new();
-        let mut take = |l: Layout| live.push((a.allocate(l).unwrap(), l));
+        let mut take = |l: Layout| {
+            live.push((a.allocate(l).unwrap(), l));
+            let au = a.audit();
+            (au.superslabs, au.huge_paged)
+        };
         // Five spans of three slabs fill the first SuperSlab (slab 0 is
         // its header); a sixth takes a second one, small-paged.
-        for _ in 0..6 {
+        for _ in 0..5 {
             take(three);
         }
-        let au = a.audit();
-        assert_eq!((au.superslabs, au.huge_paged), (2, 0), "limited: {limited}");
-        // Four more fill the second; a long span then takes a third.
-        for _ in 0..4 {
+        assert_eq!(take(three), (2, 0), "limited: {limited}");
+        // Two more and a long span that does not double the last (4
+        // slabs after 3) fill the second; another such span takes a third
+        // SuperSlab, small-paged.
+        for _ in 0..2 {
             take(three);
         }
+        assert_eq!(take(four), (2, 0), "limited: {limited}");
+        assert_eq!(take(four), (3, 0), "limited: {limited}");
+        // Fill the third (11 slabs left: 3 + 4 + 4); a span twice the last
+        // then takes a fourth, huge-paged.
+        take(three);
         take(four);
-        let au = a.audit();
+        take(four);
         let want = usize::from(thp && !limited);
-        assert_eq!(
-            (au.superslabs, au.huge_paged),
-            (3, want),
-            "limited: {limited}"
-        );
+        assert_eq!(take(lay(8 << 16, 8)), (4, want), "limited: {limited}");
         for (b, l) in live {
             // SAFETY: allocated above with `l`, freed once.
             unsafe { a.deallocate(b.cast(), l) };
