@@ -64,10 +64,6 @@ pub(crate) struct ClassCache {
 
 /// Classes carved from a mixed slab (see [`crate::slab`]).
 const MIXED_CLASSES: usize = crate::size_class::index_for_size(MIXED_MAX) + 1;
-/// Their bits in a `touched` mask: a cache with a mixed range counts as
-/// having touched them all, so carving writes no mask (which classes want
-/// slabs at a reset comes from [`Inner::ranged`], not from this).
-const MIXED_MASK: u64 = (1 << MIXED_CLASSES) - 1;
 
 /// What a carve of each class takes from a mixed range: its size and
 /// alignment mask; past [`MIXED_MAX`] a size no range holds, so the
@@ -97,8 +93,10 @@ pub(crate) struct Mix {
     /// and bytes skipped to align them (low: out of the slab until the
     /// range goes back). One word: one add per carve.
     acct: u64,
-    /// Bit `c`: a block of class `c` was carved (a burst of one class
-    /// gains nothing from packing, see `alloc_small_slow`).
+    /// Bit `c`: a block of class `c` was carved, or resized to it in
+    /// place (a burst of one class gains nothing from packing, see
+    /// `alloc_small_slow`); goes into the cache's `touched` when the range
+    /// does.
     classes: u64,
     /// A fresh mixed slab was taken (or refused) since the cache was
     /// attached or the arena reset: one per cache and epoch, so a mixed
@@ -123,6 +121,9 @@ pub(crate) struct Inner {
     mix: Mix,
     /// Bit `c` set: class `c` went through the slow path, so its counters
     /// may be non-zero (others are zero: retiring and reset skip them).
+    /// With the mixed range's `classes`, every class the cache counted:
+    /// a reset clears the 15 or so classes a request used, not all 29
+    /// that a mixed range could serve.
     touched: u64,
     /// Retired by a detach (its thread may come back): the classes it used,
     /// which the next reset gives whole slabs to, as for the resetting
@@ -319,12 +320,14 @@ impl Inner {
             && a + new as usize <= m.end.addr();
         if fits {
             m.bump = m.bump.with_addr(a + new as usize);
+            m.classes |= 1 << to;
         }
         fits
     }
 
     /// Gives the cache the mixed range `[start, end)`, whole.
     pub(crate) fn set_mixed(&mut self, start: *mut u8, end: *mut u8) {
+        self.touched |= self.mix.classes;
         self.mix = Mix {
             start,
             bump: start,
@@ -333,7 +336,6 @@ impl Inner {
             classes: 0,
             taken: true,
         };
-        self.touched |= MIXED_MASK;
     }
 
     /// Classes this cache holds a class slab's range for (whole or used
@@ -367,8 +369,9 @@ impl Inner {
     /// Rewinds every class's range to its slab's start and forgets the free
     /// lists: in a clean arena (each class's one slab handed whole to this
     /// cache, nothing returned since) that frees every block. Returns the
-    /// touched mask.
+    /// classes counted.
     pub(crate) fn rewind(&mut self) -> u64 {
+        let counted = self.touched | self.mix.classes;
         let mut t = self.touched;
         while t != 0 {
             let class = t.trailing_zeros() as usize;
@@ -389,14 +392,14 @@ impl Inner {
             m.classes = 0;
             crate::asan::poison(m.start, m.end as usize - m.start as usize);
         }
-        self.touched
+        counted
     }
 
     /// Forgets every block (they were freed wholesale) and returns the
-    /// touched mask. Untouched classes are empty already.
+    /// classes counted. Untouched classes are empty already.
     pub(crate) fn clear(&mut self) -> u64 {
+        let touched = core::mem::take(&mut self.touched) | self.mix.classes;
         self.mix = NO_MIX;
-        let touched = core::mem::take(&mut self.touched);
         let mut t = touched;
         while t != 0 {
             self.lists[t.trailing_zeros() as usize] = EMPTY;
@@ -762,6 +765,7 @@ impl ArenaState {
                     // for its last block: room the limit would refuse).
                     // Once blocks come back, class slabs recycle them.
                     let m = core::mem::replace(&mut i.mix, NO_MIX);
+                    i.touched |= m.classes;
                     self.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
                 }
                 if class < MIXED_CLASSES && i.mix.end.is_null() {
@@ -918,6 +922,7 @@ impl ArenaState {
                 }
                 let taken = i.mix.taken;
                 let m = core::mem::replace(&mut i.mix, Mix { taken, ..NO_MIX });
+                i.touched |= m.classes;
                 self.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
             })
         }
