@@ -117,14 +117,16 @@ fn growth_past_the_limit_is_an_error_and_exact() {
     let limit = 16 * MIB;
     let a = SmallMidArena::builder().memory_limit(limit).build();
     let l = lay(2 * MIB, 8);
-    let p = a.allocate(l).unwrap().cast::<u8>();
+    let block = a.allocate(l).unwrap();
+    let p = block.cast::<u8>();
     fill(p, l.size(), 3);
     // A recycled arena's cache may hold a warm slab, which a refused grow
     // gives back before its retry (and then fits): none, so `held` is exact.
     a.flush_thread_cache();
     let held = a.stats().bytes_held as usize; // home SuperSlab + the block
-                                              // The most that fits: every byte of the limit.
-    let most = l.size() + (limit - held);
+                                              // The most that fits: every byte of the limit, past what the block got
+                                              // (more than asked when it took a kept mapping another test freed).
+    let most = block.len() + (limit - held);
     // SAFETY: `p` is live with layout `l`; the new layout is larger.
     let too_far = unsafe { a.grow(p, l, lay(most + 1, 8)) };
     assert_eq!(too_far, Err(AllocError));
@@ -230,11 +232,16 @@ fn fresh_huge_blocks_take_whole_huge_pages_within_a_quarter() {
         unsafe { a.deallocate(b.cast(), l) };
         smallmid::trim_warm_cache();
     }
-    // A 1..2 MiB block in an arena holding half of it (a table that
-    // doubled) is one huge page; under 1 MiB mapped, never.
+    // A block of 1 MiB or more that about doubles the arena's last large
+    // one (a table growing) takes whole huge pages, up to twice its size;
+    // under 1 MiB mapped, never.
     let half = lay(600 * 1024, 8);
     let h = a.allocate(half).unwrap();
-    for (size, rounded) in [(MIB + 64 * 1024, 2 * MIB), (1000 * 1024, 0)] {
+    for (size, rounded) in [
+        (MIB + 64 * 1024, 2 * MIB),      // twice the 600 KiB: one huge page
+        (2 * MIB + 128 * 1024, 4 * MIB), // twice that again: + 1.9 MiB
+        (1000 * 1024, 0),                // under 1 MiB mapped: never
+    ] {
         let l = lay(size, 8);
         let b = a.allocate(l).unwrap();
         let want = if thp && rounded != 0 {
