@@ -2,10 +2,10 @@
 //!
 //! Classes step by a quarter of the power of two below them (8, 10, 12, 14,
 //! 16, 20, 24, 28, 32, 40, ... 1024, 1280, ... 32768), so the internal waste
-//! of any size is under 20%. A block of class `c` at offset `k * size` from a
-//! 64 KiB-aligned slab start is aligned to the largest power of two dividing
-//! `size` ([`CLASS_ALIGN`]); a layout whose alignment is larger moves up to
-//! the first class that has it. Sizes above [`MAX_SMALL`] go to the large
+//! of any size is under 20%. A class's blocks are aligned to the largest
+//! power of two dividing its size, at most 128 B up to 1 KiB
+//! ([`CLASS_ALIGN`]); a layout whose alignment is larger moves up to the
+//! first class that has it. Sizes above [`MAX_SMALL`] go to the large
 //! path.
 //!
 //! Up to 1 KiB a size first goes up to a multiple of 8 (as in mimalloc), so
@@ -21,6 +21,8 @@
 //! below is `< size`. Every size between a request and the returned block
 //! length maps to the same class, so `deallocate` with any fitting layout
 //! finds the right class.
+
+use crate::slab::MIXED_MAX;
 
 /// Number of slab size classes.
 pub(crate) const NUM_CLASSES: usize = 49;
@@ -48,17 +50,30 @@ pub(crate) const CLASS_SIZE: [u32; NUM_CLASSES] = {
     t
 };
 
-/// Natural alignment of each class: the lowest set bit of its size.
+/// Alignment of each class: the lowest set bit of its size, at most
+/// [`MIXED_ALIGN`] up to [`MIXED_MAX`] (mixed slabs carve those classes
+/// one after another, and each block's alignment is padding before it:
+/// a 1 KiB block at 1 KiB alignment skipped 508 B on average).
 pub(crate) const CLASS_ALIGN: [u32; NUM_CLASSES] = {
     let mut t = [0u32; NUM_CLASSES];
     let mut i = 0;
     while i < NUM_CLASSES {
         let s = CLASS_SIZE[i];
-        t[i] = s & s.wrapping_neg();
+        let natural = s & s.wrapping_neg();
+        t[i] = if (s as usize) <= MIXED_MAX && natural > MIXED_ALIGN {
+            MIXED_ALIGN
+        } else {
+            natural
+        };
         i += 1;
     }
     t
 };
+
+/// The most alignment a class up to [`MIXED_MAX`] guarantees: a cache line
+/// pair, so `crossbeam`'s 128-byte `CachePadded` keeps its own class; a
+/// small layout aligned to more moves up past 1 KiB.
+const MIXED_ALIGN: u32 = 128;
 
 /// Front-cache capacity per class: about 32 KiB of blocks, at least 4 and at
 /// most 256. A full cache flushes half of it.
