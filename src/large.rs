@@ -326,9 +326,10 @@ impl ArenaState {
         // Past a huge page, a mapping is resized to a whole number of them.
         // Only whole huge pages inside the mapping get one (a vector grown
         // 4 KiB at a time would otherwise fault every 4 KiB page), and the
-        // next small grows fit in place with no system call. Not past the
-        // limit, and a shrink never grows.
-        if os::HUGE_PAGES && new_len >= HUGE_PAGE {
+        // next small grows fit in place with no system call. Not under a
+        // limit (the rounding would spend it, as in `alloc_huge`), and a
+        // shrink never grows.
+        if os::HUGE_PAGES && new_len >= HUGE_PAGE && !self.limited() {
             let round = new_len
                 .checked_next_multiple_of(HUGE_PAGE)
                 .filter(|&r| r <= isize::MAX as usize && (r <= len || pool.fits(r - len)));

@@ -175,8 +175,12 @@ impl Pool {
     /// pages pay for such a block; for a block like the last, or a first
     /// one, they would only add memory.
     pub(crate) fn doubles(&self, size: usize) -> bool {
+        // Saturating: a refused request of any size (up to `usize::MAX`)
+        // may be the last one.
         let last = self.last_large;
-        last > 0 && last * 2 + size / 16 >= size && last * 3 <= size * 2
+        last > 0
+            && last.saturating_mul(2).saturating_add(size / 16) >= size
+            && last.saturating_mul(3) <= size.saturating_mul(2)
     }
 
     /// Forgets every mixed slab (a reset lays them out again), and the
