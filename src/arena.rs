@@ -351,6 +351,7 @@ impl Drop for SmallMidArena {
         // is in flight and every block is dead from now on.
         unsafe { ArenaState::recycle_or_destroy(self.state.as_ptr()) }
         crate::huge_cache::tick();
+        crate::warm::tick();
     }
 }
 

@@ -31,9 +31,12 @@
 //!
 //! `min(limit, max(FLOOR, recent_peak - in_use))`
 //!
-//! SuperSlabs; the excess is decommitted when memory is given back. When
-//! load goes away, two epochs later the cache shrinks to `FLOOR` at the next
-//! release, or at once through [`crate::trim_warm_cache`]. Decommitting
+//! SuperSlabs; the excess is decommitted when memory is given back, and
+//! when a thread drops arenas (see [`tick`]: arenas recycled as spares give
+//! nothing back, so a server whose load fell would otherwise keep its
+//! peak). When load goes away, two epochs later the cache shrinks to
+//! `FLOOR` at the next release or look, or at once through
+//! [`crate::trim_warm_cache`]. Decommitting
 //! prefers SuperSlabs whose 2 MiB buddy is already cold, then whole pairs,
 //! so huge pages are dropped whole rather than split (a split one comes
 //! back as small pages).
@@ -46,7 +49,8 @@
 
 use crate::os::{self, HUGE_PAGE};
 use crate::superslab::SUPERSLAB_SIZE;
-use crate::sync::{global, lock, Mutex};
+use crate::sync::{global, lock, thread_local_const, try_lock, AtomicU64, Mutex, Ordering};
+use core::cell::Cell;
 use core::ptr::NonNull;
 use smallvec::SmallVec;
 use std::time::{Duration, Instant};
@@ -72,6 +76,8 @@ const REGION_ALIGN: usize = if os::CAN_DECOMMIT && HUGE_PAGE > SUPERSLAB_SIZE {
 };
 /// Fully cold regions stay reserved up to this many times the warm cap.
 pub(crate) const COLD_RESERVE: usize = 2;
+/// A thread's arena drops per look at the bound (see [`tick`]).
+const LOOK_EVERY: u32 = 64;
 
 /// One bit per SuperSlab of a region.
 type Mask = u64;
@@ -130,6 +136,16 @@ struct Warm {
 unsafe impl Send for Warm {}
 
 global! {
+    /// `Warm::cached`, mirrored under the lock for [`tick`]'s look.
+    static CACHED: AtomicU64 = AtomicU64::new(0);
+}
+
+thread_local_const! {
+    /// Arena drops on this thread, for [`tick`].
+    static DROPS: Cell<u32> = Cell::new(0);
+}
+
+global! {
     static WARM: Mutex<Warm> = Mutex::new(Warm {
         regions: Vec::new(),
         cached: 0,
@@ -154,6 +170,11 @@ impl Warm {
             .saturating_sub(self.in_use)
             .max(FLOOR)
             .min(self.limit)
+    }
+
+    /// Mirrors `cached` for [`tick`] (call after changing it).
+    fn publish(&self) {
+        CACHED.store(self.cached as u64, Ordering::Relaxed);
     }
 
     fn tick(&mut self) {
@@ -202,6 +223,7 @@ impl Warm {
         let mut n = self.cached.saturating_sub(keep);
         if !os::CAN_DECOMMIT {
             self.cached -= n;
+            self.publish();
             // One SuperSlab per region: a warm one is a whole free region.
             let mut i = self.regions.len();
             while n > 0 && i > 0 {
@@ -256,6 +278,7 @@ impl Warm {
         if picks.is_empty() {
             doomed = self.unreserve();
         }
+        self.publish();
         (picks, doomed)
     }
 
@@ -356,6 +379,7 @@ pub(crate) fn acquire(dense: bool) -> Option<NonNull<u8>> {
         w.peak_cur = w.peak_cur.max(w.in_use);
         if let Some(p) = w.take(|r| (r.dense == dense).then_some(&mut r.warm)) {
             w.cached -= 1;
+            w.publish();
             return Some(p);
         }
         if w.regions.iter().any(|r| r.dense == dense && r.cold != 0) {
@@ -408,6 +432,7 @@ pub(crate) unsafe fn release(superslabs: &[NonNull<u8>]) {
             r.warm |= bit;
         }
         w.cached += superslabs.len();
+        w.publish();
         if w.cached > FLOOR {
             // Only now can the bound bite; reading the clock costs ~20 ns.
             w.tick();
@@ -427,6 +452,41 @@ pub(crate) unsafe fn release(superslabs: &[NonNull<u8>]) {
         } else {
             (Picks::new(), Doomed::new())
         }
+    };
+    give_back(picks, doomed);
+}
+
+/// An arena drop's look at the bound: while more than [`FLOOR`] SuperSlabs
+/// are warm (after a peak), every [`LOOK_EVERY`]th drop on a thread lets
+/// the bound decay and decommits the excess, so RSS follows the load down
+/// while arenas are recycled as spares and nothing is released here.
+/// Otherwise one relaxed load. A look finding the lock taken skips (another
+/// thread is releasing or looking); an idle process keeps its warm cache
+/// until the next drop or [`crate::trim_warm_cache`].
+pub(crate) fn tick() {
+    if CACHED.load(Ordering::Relaxed) as usize <= FLOOR {
+        return;
+    }
+    let due = DROPS
+        .try_with(|d| {
+            let n = d.get().wrapping_add(1);
+            d.set(n);
+            n % LOOK_EVERY == 0
+        })
+        .unwrap_or(false);
+    if !due {
+        return;
+    }
+    let (picks, doomed) = {
+        let Some(mut w) = try_lock(&WARM) else {
+            return;
+        };
+        w.tick();
+        let keep = w.allowed();
+        if w.cached <= keep {
+            return;
+        }
+        w.take_excess(keep)
     };
     give_back(picks, doomed);
 }
