@@ -475,6 +475,7 @@ impl ArenaState {
                 c.counters[t.trailing_zeros() as usize].clear();
                 t &= t - 1;
             }
+            c.spans.read(true);
             takers.push((c, want, mix));
         }
         {

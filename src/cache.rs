@@ -10,7 +10,10 @@
 //!
 //! Each cache holds, per size class, a free list and a bump range of
 //! uncarved blocks. A full list flushes half of itself to the central
-//! lists; an empty one refills a batch. Caches are metadata on the global
+//! lists; an empty one refills a batch. It also keeps a few spans (large
+//! blocks of one to [`SPAN_MAX`] slabs) its thread freed, for the thread's
+//! next spans of the same length: a ring of I/O buffers then takes no
+//! pool lock. Caches are metadata on the global
 //! heap (the arena's first one sits inside the arena state), never blocks
 //! of the arena's own slabs, so a retired cache pins nothing: when its
 //! thread exits (see [`crate::thread`]) or the arena is reset or dropped,
@@ -61,6 +64,14 @@ pub(crate) struct ClassCache {
     bump: *mut u8,
     end: *mut u8,
 }
+
+/// Spans a cache keeps, at most.
+const SPANS: usize = 8;
+/// Longest span a cache keeps, in slabs (256 KiB).
+const SPAN_MAX: usize = 4;
+/// Slabs a cache keeps in spans, at most (2 MiB: a ring of 32..=256 KiB
+/// blocks, 48 -> 29 ns per free and allocation; 8 slabs: 40).
+const SPAN_SLABS: usize = 32;
 
 /// Classes carved from a mixed slab (see [`crate::slab`]).
 const MIXED_CLASSES: usize = crate::size_class::index_for_size(MIXED_MAX) + 1;
@@ -131,6 +142,10 @@ pub(crate) struct Inner {
     pub(crate) want: u64,
     /// Likewise: it had a mixed range, which the next reset gives back.
     pub(crate) want_mix: bool,
+    /// Freed spans kept (see the module docs): the span's address (slab
+    /// aligned) plus its length in slabs; 0 for none. Still in use for the
+    /// pool, counted as freed in [`ThreadCache::spans`].
+    spans: [*mut u8; SPANS],
 }
 
 /// Per-class counters of one cache. Written only by the owning thread (with
@@ -144,6 +159,31 @@ pub(crate) struct ClassCounters {
     pub(crate) flushes: AtomicU64,
     /// Blocks this cache flushed into slabs another thread had taken from.
     pub(crate) cross: AtomicU64,
+}
+
+/// What a cache's kept spans did: spans allocated from and freed into it,
+/// and the change of bytes in use (wrapping). Written only by the owning
+/// thread (with [`bump`]), read under the members lock; folded into the
+/// arena's large counters when the cache retires.
+#[derive(Debug, Default)]
+pub(crate) struct SpanCounters {
+    pub(crate) allocs: AtomicU64,
+    pub(crate) frees: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+impl SpanCounters {
+    /// (allocs, frees, bytes) counted; with `zero`, zeroed (writer excluded).
+    pub(crate) fn read(&self, zero: bool) -> (u64, u64, u64) {
+        let r = |a: &AtomicU64| {
+            let v = a.load(Ordering::Relaxed);
+            if zero {
+                a.store(0, Ordering::Relaxed);
+            }
+            v
+        };
+        (r(&self.allocs), r(&self.frees), r(&self.bytes))
+    }
 }
 
 /// Plain per-class counts: what retired caches and cacheless threads did.
@@ -230,6 +270,7 @@ pub(crate) struct Link {
 pub(crate) struct ThreadCache {
     inner: UnsafeCell<Inner>,
     pub(crate) counters: [ClassCounters; NUM_CLASSES],
+    pub(crate) spans: SpanCounters,
     /// The owning thread's record; set when attached (members lock).
     owner: AtomicPtr<ThreadRecord>,
     /// The arena the cache belongs to (fixed).
@@ -247,8 +288,10 @@ impl ThreadCache {
                 touched: 0,
                 want: 0,
                 want_mix: false,
+                spans: [null_mut(); SPANS],
             }),
             counters: core::array::from_fn(|_| ClassCounters::default()),
+            spans: SpanCounters::default(),
             owner: AtomicPtr::new(null_mut()),
             arena,
             link: UnsafeCell::new(Link {
@@ -351,6 +394,31 @@ impl Inner {
         m
     }
 
+    /// Takes a kept span of `k` slabs.
+    fn pop_span(&mut self, k: usize) -> Option<*mut u8> {
+        let e = self
+            .spans
+            .iter_mut()
+            .find(|e| e.addr() & (SLAB_SIZE - 1) == k)?;
+        let p = core::mem::replace(e, null_mut());
+        Some(p.map_addr(|a| a & !(SLAB_SIZE - 1)))
+    }
+
+    /// Keeps span `p` of `k` slabs, if there is room.
+    fn push_span(&mut self, p: *mut u8, k: usize) -> bool {
+        let held: usize = self.spans.iter().map(|e| e.addr() & (SLAB_SIZE - 1)).sum();
+        if k == 0 || k > SPAN_MAX || held + k > SPAN_SLABS {
+            return false;
+        }
+        match self.spans.iter_mut().find(|e| e.is_null()) {
+            Some(e) => {
+                *e = p.map_addr(|a| a | k);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether the cache took a mixed range this epoch.
     pub(crate) fn had_mixed(&self) -> bool {
         self.mix.taken
@@ -400,6 +468,7 @@ impl Inner {
     pub(crate) fn clear(&mut self) -> u64 {
         let touched = core::mem::take(&mut self.touched) | self.mix.classes;
         self.mix = NO_MIX;
+        self.spans = [null_mut(); SPANS];
         let mut t = touched;
         while t != 0 {
             self.lists[t.trailing_zeros() as usize] = EMPTY;
@@ -529,7 +598,9 @@ impl ArenaState {
         };
         if flush {
             m.fold(&c.counters, touched);
+            self.fold_span_counts(c);
         } else {
+            c.spans.read(true);
             // A detach for a reset or a drop: what it counted goes anyway.
             let mut t = touched;
             while t != 0 {
@@ -678,6 +749,36 @@ impl ArenaState {
         }
         bump(&c.counters[from].frees, 1);
         bump(&c.counters[to].allocs, 1);
+        true
+    }
+
+    /// A span of `k` slabs this thread freed and kept, if any (the arena
+    /// has no limit: under one, a kept span would hold room that another
+    /// thread's allocation may need).
+    pub(crate) fn take_kept_span(&self, k: usize) -> Option<NonNull<u8>> {
+        let c = self.cache()?;
+        // SAFETY: this thread owns its cache.
+        let p = unsafe { c.with(|i| i.pop_span(k)) }?;
+        bump(&c.spans.allocs, 1);
+        bump(&c.spans.bytes, (k * SLAB_SIZE) as u64);
+        NonNull::new(p)
+    }
+
+    /// Keeps freed span `p` of `k` slabs for this thread's next span of
+    /// that length; `false` if the cache has no room (or the thread none).
+    ///
+    /// # Safety
+    /// `p` is a live span of `k` slabs of this arena, not used afterwards.
+    pub(crate) unsafe fn keep_span(&self, p: *mut u8, k: usize) -> bool {
+        let Some(c) = self.cache().or_else(|| self.cache_or_create()) else {
+            return false;
+        };
+        // SAFETY: this thread owns its cache; the span is ours to keep.
+        if !unsafe { c.with(|i| i.push_span(p, k)) } {
+            return false;
+        }
+        bump(&c.spans.frees, 1);
+        bump(&c.spans.bytes, (k * SLAB_SIZE).wrapping_neg() as u64);
         true
     }
 
@@ -924,6 +1025,13 @@ impl ArenaState {
                 let m = core::mem::replace(&mut i.mix, Mix { taken, ..NO_MIX });
                 i.touched |= m.classes;
                 self.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
+                for e in &mut i.spans {
+                    let p = core::mem::replace(e, null_mut());
+                    if !p.is_null() {
+                        // Counted as freed when it was kept.
+                        self.release_kept_span(p.map_addr(|a| a & !(SLAB_SIZE - 1)));
+                    }
+                }
             })
         }
     }

@@ -25,8 +25,8 @@ impl SmallMidArena {
     /// what is allocated: [`Stats::bytes_in_use`] sums the live blocks (at
     /// their block sizes) and needs a walk over every thread's cache.
     /// On an arena no thread is changing, `allocated_bytes()` is at least
-    /// `stats().bytes_in_use`; the
-    /// difference is free space in used slabs (and blocks in caches). An
+    /// `stats().bytes_in_use`; the difference is free space in used slabs
+    /// (and blocks and freed spans that threads' caches keep). An
     /// arena recycled warm by `new()` may start with the slabs its caches
     /// kept (`flush_thread_cache()` gives them back).
     ///

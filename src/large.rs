@@ -20,6 +20,7 @@
 //! kind, so `deallocate` with any fitting layout finds the block.
 
 use crate::arena::ArenaState;
+use crate::cache::ThreadCache;
 use crate::huge_cache;
 use crate::os::{self, HUGE_PAGE, PAGE};
 use crate::pool::Pool;
@@ -100,6 +101,13 @@ impl ArenaState {
         self.mark_dirty();
         match kind(layout.size(), layout.align()) {
             Kind::Span { slabs, step } => {
+                // A span this thread freed (aligned to at least one slab):
+                // no pool lock.
+                if step == 1 && !self.limited() {
+                    if let Some(p) = self.take_kept_span(slabs) {
+                        return Ok(NonNull::slice_from_raw_parts(p, slabs * SLAB_SIZE));
+                    }
+                }
                 let mut pool = lock(&self.pool);
                 let dense = pool.doubles(layout.size());
                 pool.last_large = layout.size();
@@ -222,7 +230,11 @@ impl ArenaState {
     pub(crate) unsafe fn free_large(&self, ptr: NonNull<u8>, layout: Layout) {
         let addr = ptr.as_ptr() as usize;
         match kind(layout.size(), layout.align()) {
-            Kind::Span { .. } => {
+            Kind::Span { slabs, .. } => {
+                // SAFETY: per contract a live span of ours, unused now.
+                if !self.limited() && unsafe { self.keep_span(ptr.as_ptr(), slabs) } {
+                    return;
+                }
                 let (ss, idx) = (SuperSlab::of(addr), SuperSlab::slab_index(addr));
                 let mut pool = lock(&self.pool);
                 // SAFETY: per contract the span is ours and unused now.
@@ -472,6 +484,27 @@ impl ArenaState {
     /// The pool lock (`_held`) serializes every writer, so each counter is
     /// a load and a store, not an atomic read-modify-write (4 of which
     /// were a sixth of a span's allocation and free).
+    /// Gives a span a cache kept (counted as freed then) back to the pool.
+    ///
+    /// # Safety
+    /// `p` starts a span of this arena that no one uses.
+    pub(crate) unsafe fn release_kept_span(&self, p: *mut u8) {
+        let addr = p as usize;
+        let mut pool = lock(&self.pool);
+        // SAFETY: per contract.
+        unsafe { pool.release_span(SuperSlab::of(addr), SuperSlab::slab_index(addr), true) };
+    }
+
+    /// Moves what a retiring cache's kept spans counted into the arena's
+    /// large counters.
+    pub(crate) fn fold_span_counts(&self, c: &ThreadCache) {
+        let (allocs, frees, bytes) = c.spans.read(true);
+        if allocs | frees | bytes != 0 {
+            let mut pool = lock(&self.pool);
+            self.count_large(&mut pool, allocs, frees, bytes as i64);
+        }
+    }
+
     fn count_large(&self, _held: &mut Pool, allocs: u64, frees: u64, bytes: i64) {
         bump(&self.large_allocs, allocs);
         bump(&self.large_frees, frees);

@@ -118,6 +118,8 @@ impl SmallMidArena {
             s.flushes += k.flushes;
             s.cross_thread_frees += k.cross;
         };
+        // What threads' kept spans counted (see `crate::cache`).
+        let mut kept = (0u64, 0u64, 0u64);
         let thread_caches = {
             let m = lock(&st.members);
             for c in 0..NUM_CLASSES {
@@ -130,6 +132,8 @@ impl SmallMidArena {
                 for (c, k) in cache.counters.iter().enumerate() {
                     add(c, k.read());
                 }
+                let (a, f, b) = cache.spans.read(false);
+                kept = (kept.0 + a, kept.1 + f, kept.2.wrapping_add(b));
             });
             m.caches as u64
         };
@@ -146,12 +150,13 @@ impl SmallMidArena {
         }
         classes.retain(|s| s.allocs > 0 || s.frees > 0);
         let (large_allocs, large_frees) = (
-            st.large_allocs.load(Ordering::Relaxed),
-            st.large_frees.load(Ordering::Relaxed),
+            st.large_allocs.load(Ordering::Relaxed) + kept.0,
+            st.large_frees.load(Ordering::Relaxed) + kept.1,
         );
+        let large_bytes = st.large_bytes.load(Ordering::Relaxed).wrapping_add(kept.2);
         let pool = lock(&st.pool);
         Stats {
-            bytes_in_use: bytes_in_use + st.large_bytes.load(Ordering::Relaxed),
+            bytes_in_use: bytes_in_use + large_bytes,
             blocks_in_use: blocks_in_use + large_allocs.saturating_sub(large_frees),
             bytes_held: pool.held_bytes() as u64,
             superslabs: pool.superslabs as u64,
