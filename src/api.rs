@@ -121,6 +121,7 @@ impl ArenaState {
     #[inline(never)]
     fn allocate_after_reclaim(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         self.flush_current_thread();
+        self.reclaim_kept_spans();
         self.allocate_once(layout)
     }
 

@@ -476,6 +476,7 @@ impl ArenaState {
                 t &= t - 1;
             }
             c.spans.read(true);
+            c.forget_kept();
             takers.push((c, want, mix));
         }
         {

@@ -32,6 +32,7 @@ use crate::superslab::{SuperSlab, META};
 use crate::sync::{bump, lock, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
 use crate::thread::{self, ThreadRecord};
 use core::ptr::{null_mut, NonNull};
+use smallvec::SmallVec;
 
 /// Cache slots stored inline in the arena state.
 pub(crate) const INLINE_SLOTS: usize = 64;
@@ -70,7 +71,7 @@ const SPANS: usize = 8;
 /// Longest span a cache keeps, in slabs (256 KiB).
 const SPAN_MAX: usize = 4;
 /// Slabs a cache keeps in spans, at most (2 MiB: a ring of 32..=256 KiB
-/// blocks, 48 -> 29 ns per free and allocation; 8 slabs: 40).
+/// blocks, 48 -> 34 ns per free and allocation).
 const SPAN_SLABS: usize = 32;
 
 /// Classes carved from a mixed slab (see [`crate::slab`]).
@@ -142,10 +143,6 @@ pub(crate) struct Inner {
     pub(crate) want: u64,
     /// Likewise: it had a mixed range, which the next reset gives back.
     pub(crate) want_mix: bool,
-    /// Freed spans kept (see the module docs): the span's address (slab
-    /// aligned) plus its length in slabs; 0 for none. Still in use for the
-    /// pool, counted as freed in [`ThreadCache::spans`].
-    spans: [*mut u8; SPANS],
 }
 
 /// Per-class counters of one cache. Written only by the owning thread (with
@@ -271,6 +268,13 @@ pub(crate) struct ThreadCache {
     inner: UnsafeCell<Inner>,
     pub(crate) counters: [ClassCounters; NUM_CLASSES],
     pub(crate) spans: SpanCounters,
+    /// Freed spans kept (see the module docs): each the span's address
+    /// (slab aligned) tagged with its length in slabs, or null. Only the
+    /// owning thread stores a span into an empty entry; it, or anyone
+    /// holding the arena's members lock, takes one with a swap, so a limit
+    /// or a refused allocation on another thread can reclaim them. A kept
+    /// span is still in use for the pool, and counted as freed in `spans`.
+    kept: [AtomicPtr<u8>; SPANS],
     /// The owning thread's record; set when attached (members lock).
     owner: AtomicPtr<ThreadRecord>,
     /// The arena the cache belongs to (fixed).
@@ -288,10 +292,10 @@ impl ThreadCache {
                 touched: 0,
                 want: 0,
                 want_mix: false,
-                spans: [null_mut(); SPANS],
             }),
             counters: core::array::from_fn(|_| ClassCounters::default()),
             spans: SpanCounters::default(),
+            kept: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
             owner: AtomicPtr::new(null_mut()),
             arena,
             link: UnsafeCell::new(Link {
@@ -321,6 +325,74 @@ impl ThreadCache {
             // SAFETY: only the owner touches its cache (type invariant).
             f(unsafe { &mut *i })
         })
+    }
+}
+
+/// The slab count a kept entry is tagged with.
+fn kept_len(e: *mut u8) -> usize {
+    e.addr() & (SLAB_SIZE - 1)
+}
+
+impl ThreadCache {
+    /// Takes a kept span of `k` slabs (owner only).
+    fn pop_kept(&self, k: usize) -> Option<*mut u8> {
+        for e in &self.kept {
+            let p = e.load(Ordering::Relaxed);
+            // A swap: a reclaim may take the entry meanwhile (then null).
+            if !p.is_null() && kept_len(p) == k && e.swap(null_mut(), Ordering::AcqRel) == p {
+                return Some(p.map_addr(|a| a & !(SLAB_SIZE - 1)));
+            }
+        }
+        None
+    }
+
+    /// Keeps span `p` of `k` slabs if there is room (owner only).
+    ///
+    /// # Panics
+    /// If `p` is kept already: freed twice.
+    fn push_kept(&self, p: *mut u8, k: usize) -> bool {
+        if k == 0 || k > SPAN_MAX {
+            return false;
+        }
+        let (mut held, mut empty) = (0, None);
+        for e in &self.kept {
+            let q = e.load(Ordering::Relaxed);
+            if q.is_null() {
+                empty = empty.or(Some(e));
+            } else {
+                assert!(
+                    q.map_addr(|a| a & !(SLAB_SIZE - 1)) != p,
+                    "smallmid: span {p:p} freed twice"
+                );
+                held += kept_len(q);
+            }
+        }
+        match empty {
+            Some(e) if held + k <= SPAN_SLABS => {
+                // Release: a reclaiming thread's swap sees the entry whole.
+                e.store(p.map_addr(|a| a | k), Ordering::Release);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes every kept span, calling `f` on each: the owner, an exclusive
+    /// owner of the arena, or a holder of its members lock.
+    pub(crate) fn take_kept(&self, mut f: impl FnMut(*mut u8)) {
+        for e in &self.kept {
+            let p = e.swap(null_mut(), Ordering::AcqRel);
+            if !p.is_null() {
+                f(p.map_addr(|a| a & !(SLAB_SIZE - 1)));
+            }
+        }
+    }
+
+    /// Forgets every kept span (their slabs are being reset wholesale).
+    pub(crate) fn forget_kept(&self) {
+        for e in &self.kept {
+            e.store(null_mut(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -394,31 +466,6 @@ impl Inner {
         m
     }
 
-    /// Takes a kept span of `k` slabs.
-    fn pop_span(&mut self, k: usize) -> Option<*mut u8> {
-        let e = self
-            .spans
-            .iter_mut()
-            .find(|e| e.addr() & (SLAB_SIZE - 1) == k)?;
-        let p = core::mem::replace(e, null_mut());
-        Some(p.map_addr(|a| a & !(SLAB_SIZE - 1)))
-    }
-
-    /// Keeps span `p` of `k` slabs, if there is room.
-    fn push_span(&mut self, p: *mut u8, k: usize) -> bool {
-        let held: usize = self.spans.iter().map(|e| e.addr() & (SLAB_SIZE - 1)).sum();
-        if k == 0 || k > SPAN_MAX || held + k > SPAN_SLABS {
-            return false;
-        }
-        match self.spans.iter_mut().find(|e| e.is_null()) {
-            Some(e) => {
-                *e = p.map_addr(|a| a | k);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Whether the cache took a mixed range this epoch.
     pub(crate) fn had_mixed(&self) -> bool {
         self.mix.taken
@@ -468,7 +515,6 @@ impl Inner {
     pub(crate) fn clear(&mut self) -> u64 {
         let touched = core::mem::take(&mut self.touched) | self.mix.classes;
         self.mix = NO_MIX;
-        self.spans = [null_mut(); SPANS];
         let mut t = touched;
         while t != 0 {
             self.lists[t.trailing_zeros() as usize] = EMPTY;
@@ -601,6 +647,7 @@ impl ArenaState {
             self.fold_span_counts(c);
         } else {
             c.spans.read(true);
+            c.forget_kept();
             // A detach for a reset or a drop: what it counted goes anyway.
             let mut t = touched;
             while t != 0 {
@@ -757,8 +804,7 @@ impl ArenaState {
     /// thread's allocation may need).
     pub(crate) fn take_kept_span(&self, k: usize) -> Option<NonNull<u8>> {
         let c = self.cache()?;
-        // SAFETY: this thread owns its cache.
-        let p = unsafe { c.with(|i| i.pop_span(k)) }?;
+        let p = c.pop_kept(k)?;
         bump(&c.spans.allocs, 1);
         bump(&c.spans.bytes, (k * SLAB_SIZE) as u64);
         NonNull::new(p)
@@ -773,8 +819,7 @@ impl ArenaState {
         let Some(c) = self.cache().or_else(|| self.cache_or_create()) else {
             return false;
         };
-        // SAFETY: this thread owns its cache; the span is ours to keep.
-        if !unsafe { c.with(|i| i.push_span(p, k)) } {
+        if !c.push_kept(p, k) {
             return false;
         }
         bump(&c.spans.frees, 1);
@@ -999,7 +1044,7 @@ impl ArenaState {
         }
     }
 
-    /// Returns every block and range a cache holds to their slabs.
+    /// Returns every block, range and kept span a cache holds to the arena.
     ///
     /// # Safety
     /// The caller owns the cache (see the type invariant); `tid` names it.
@@ -1025,14 +1070,28 @@ impl ArenaState {
                 let m = core::mem::replace(&mut i.mix, Mix { taken, ..NO_MIX });
                 i.touched |= m.classes;
                 self.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
-                for e in &mut i.spans {
-                    let p = core::mem::replace(e, null_mut());
-                    if !p.is_null() {
-                        // Counted as freed when it was kept.
-                        self.release_kept_span(p.map_addr(|a| a & !(SLAB_SIZE - 1)));
-                    }
-                }
-            })
+            });
+            // Counted as freed when they were kept.
+            // Kept spans are ours and unused (the enclosing SAFETY).
+            c.take_kept(|p| self.release_kept_span(p));
+        }
+    }
+
+    /// Gives back to the pool the spans every thread's cache keeps (a
+    /// memory limit set, or an allocation refused: kept spans must not
+    /// hold room that allocations need). Takes the members lock.
+    pub(crate) fn reclaim_kept_spans(&self) {
+        let mut spans: SmallVec<[*mut u8; 16]> = SmallVec::new();
+        {
+            let m = lock(&self.members);
+            // The members lock keeps the caches attached; their owners may
+            // keep and take meanwhile (see `ThreadCache::kept`).
+            self.for_each_cache(&m, |_, c| c.take_kept(|p| spans.push(p)));
+        }
+        for p in spans {
+            // SAFETY: taken from a cache: a span of ours nobody uses,
+            // counted as freed when it was kept.
+            unsafe { self.release_kept_span(p) };
         }
     }
 }

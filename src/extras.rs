@@ -51,9 +51,11 @@ impl SmallMidArena {
     /// Changes the memory limit at run time (bumpalo's
     /// `set_allocation_limit`); `usize::MAX` removes it.
     ///
-    /// If the arena holds more than `bytes`, the calling thread's front
-    /// cache is flushed first (its blocks may keep slabs in use);
-    /// if it still holds more, nothing changes and the result is an error.
+    /// Freed spans that threads' caches keep go back to the arena first; if
+    /// it still holds more than `bytes`, the calling thread's front cache
+    /// is flushed (its blocks may keep slabs in use); if it still holds
+    /// more (live blocks, or blocks other threads' caches hold), nothing
+    /// changes and the result is an error.
     ///
     /// # Errors
     /// `AllocError` if `bytes` is below one slab (64 KiB), or if the
@@ -75,10 +77,15 @@ impl SmallMidArena {
             return Err(AllocError);
         }
         let st = self.state();
-        if bytes != usize::MAX && lock(&st.pool).held_bytes() > bytes {
-            // Blocks this thread caches keep their slabs busy: return them
-            // (takes class locks and the pool lock, so not under it).
-            self.flush_thread_cache();
+        if bytes != usize::MAX {
+            // Spans threads keep are freed memory: back to the pool (a
+            // limited arena keeps none).
+            st.reclaim_kept_spans();
+            if lock(&st.pool).held_bytes() > bytes {
+                // Blocks this thread caches keep their slabs busy: return
+                // them (takes class locks and the pool lock, so not under it).
+                self.flush_thread_cache();
+            }
         }
         let limit = if bytes == usize::MAX {
             u64::MAX

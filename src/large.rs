@@ -230,9 +230,11 @@ impl ArenaState {
     pub(crate) unsafe fn free_large(&self, ptr: NonNull<u8>, layout: Layout) {
         let addr = ptr.as_ptr() as usize;
         match kind(layout.size(), layout.align()) {
-            Kind::Span { slabs, .. } => {
+            Kind::Span { slabs, step } => {
+                // Only spans a later request can take (those aligned to
+                // more are kept for no one).
                 // SAFETY: per contract a live span of ours, unused now.
-                if !self.limited() && unsafe { self.keep_span(ptr.as_ptr(), slabs) } {
+                if step == 1 && !self.limited() && unsafe { self.keep_span(ptr.as_ptr(), slabs) } {
                     return;
                 }
                 let (ss, idx) = (SuperSlab::of(addr), SuperSlab::slab_index(addr));

@@ -120,6 +120,7 @@ impl SmallMidArena {
         };
         // What threads' kept spans counted (see `crate::cache`).
         let mut kept = (0u64, 0u64, 0u64);
+        let large;
         let thread_caches = {
             let m = lock(&st.members);
             for c in 0..NUM_CLASSES {
@@ -135,6 +136,13 @@ impl SmallMidArena {
                 let (a, f, b) = cache.spans.read(false);
                 kept = (kept.0 + a, kept.1 + f, kept.2.wrapping_add(b));
             });
+            // Under the same lock: a retiring cache folds its span counts
+            // into these under it, so they are counted once.
+            large = (
+                st.large_allocs.load(Ordering::Relaxed),
+                st.large_frees.load(Ordering::Relaxed),
+                st.large_bytes.load(Ordering::Relaxed),
+            );
             m.caches as u64
         };
         for s in &mut classes {
@@ -149,11 +157,8 @@ impl SmallMidArena {
             bytes_in_use += s.blocks_in_use * s.size;
         }
         classes.retain(|s| s.allocs > 0 || s.frees > 0);
-        let (large_allocs, large_frees) = (
-            st.large_allocs.load(Ordering::Relaxed) + kept.0,
-            st.large_frees.load(Ordering::Relaxed) + kept.1,
-        );
-        let large_bytes = st.large_bytes.load(Ordering::Relaxed).wrapping_add(kept.2);
+        let (large_allocs, large_frees) = (large.0 + kept.0, large.1 + kept.1);
+        let large_bytes = large.2.wrapping_add(kept.2);
         let pool = lock(&st.pool);
         Stats {
             bytes_in_use: bytes_in_use + large_bytes,
