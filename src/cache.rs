@@ -29,7 +29,7 @@ use crate::arena::{ArenaState, Members};
 use crate::size_class::{CACHE_CAP, CLASS_ALIGN, CLASS_SIZE, NUM_CLASSES};
 use crate::slab::{next_of, set_next, Batch, MIXED_MAX, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META};
-use crate::sync::{bump, lock, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
+use crate::sync::{bump, lock, store_against_swaps, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
 use crate::thread::{self, ThreadRecord};
 use core::ptr::{null_mut, NonNull};
 use smallvec::SmallVec;
@@ -370,7 +370,7 @@ impl ThreadCache {
         match empty {
             Some(e) if held + k <= SPAN_SLABS => {
                 // Release: a reclaiming thread's swap sees the entry whole.
-                e.store(p.map_addr(|a| a | k), Ordering::Release);
+                store_against_swaps(e, p.map_addr(|a| a | k));
                 true
             }
             _ => false,

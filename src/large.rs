@@ -102,8 +102,9 @@ impl ArenaState {
         match kind(layout.size(), layout.align()) {
             Kind::Span { slabs, step } => {
                 // A span this thread freed (aligned to at least one slab):
-                // no pool lock.
-                if step == 1 && !self.limited() {
+                // no pool lock. Even under a limit (set after it was kept):
+                // it is held already.
+                if step == 1 {
                     if let Some(p) = self.take_kept_span(slabs) {
                         return Ok(NonNull::slice_from_raw_parts(p, slabs * SLAB_SIZE));
                     }

@@ -62,6 +62,19 @@ pub(crate) fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
 }
 
+/// Stores `v` (Release) into an atomic that other threads only swap.
+/// Under loom, a swap: loom can order a plain store against another
+/// thread's read-modify-write in a way C11 forbids (tokio-rs/loom#389:
+/// the storing thread then reads a value older than its own store), and
+/// would report failures no real execution has.
+#[inline(always)]
+pub(crate) fn store_against_swaps<T>(a: &AtomicPtr<T>, v: *mut T) {
+    #[cfg(not(loom))]
+    a.store(v, Ordering::Release);
+    #[cfg(loom)]
+    a.swap(v, Ordering::AcqRel);
+}
+
 /// Adds `n` to a counter that only the calling thread writes: a load and a
 /// store, no read-modify-write, so it costs what a plain increment does.
 /// Readers on other threads see some recent value.

@@ -531,3 +531,49 @@ fn parked_mixed_rest_races_remote_flush() {
         assert_eq!(arena.stats().superslabs, 1);
     });
 }
+
+/// 16. A thread keeps a freed span and takes it again while another sets a
+///     memory limit, which takes every thread's kept spans back (a swap
+///     against the owner's): the span is handed out once, and the counts
+///     and slabs are exact whichever side got it.
+#[test]
+fn kept_span_reclaim_races_owner() {
+    model_bounded(3, || {
+        let span = Layout::from_size_align(100 << 10, 8).unwrap(); // 2 slabs
+        let arena = Arc::new(SmallMidArena::new());
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            let b = alloc(&a2, span, 3);
+            free(&a2, b); // kept by this thread's cache
+            alloc(&a2, span, 4) // the kept span, or one from the pool
+        });
+        arena.set_memory_limit(1 << 20).unwrap(); // reclaims kept spans
+        let b = t.join().unwrap();
+        let c = alloc(&arena, span, 5);
+        assert!(
+            c.0 + span.size() <= b.0 || b.0 + span.size() <= c.0,
+            "a span handed out twice"
+        );
+        let s = arena.stats();
+        assert_eq!(
+            (s.large_allocs - s.large_frees, s.blocks_in_use),
+            (2, 2),
+            "{s:?}"
+        );
+        free(&arena, c);
+        free(&arena, b); // limited now: not kept
+                         // The other thread's exit returns what its cache still keeps (a
+                         // span kept just after the reclaim). This thread has no cache:
+                         // under the limit it keeps nothing.
+        eventually(|| arena.stats().thread_caches == 0);
+        assert_eq!(out(&arena), 0);
+        let (s, audit) = (arena.stats(), arena.audit());
+        assert_eq!(
+            (s.large_allocs, s.large_frees, s.bytes_in_use),
+            (3, 3, 0),
+            "{s:?}"
+        );
+        assert_eq!(audit.span_slabs, 0, "{audit:?}");
+        assert_eq!(arena.allocated_bytes(), 0);
+    });
+}
