@@ -47,6 +47,7 @@ fn pat(seed: usize, i: usize) -> u8 {
 
 fn fill(p: *mut u8, n: usize, seed: usize) {
     for i in 0..n {
+        // SAFETY: the range is inside a live block the test owns.
         unsafe { p.add(i).write(pat(seed, i)) };
     }
 }
@@ -54,6 +55,7 @@ fn fill(p: *mut u8, n: usize, seed: usize) {
 #[track_caller]
 fn verify(p: *const u8, n: usize, seed: usize, what: &str) {
     for i in 0..n {
+        // SAFETY: the range is inside a live block the test owns.
         let v = unsafe { p.add(i).read() };
         assert_eq!(v, pat(seed, i), "{what}: byte {i} of {n} at {p:p} changed");
     }
@@ -62,6 +64,7 @@ fn verify(p: *const u8, n: usize, seed: usize, what: &str) {
 /// A pointer that may cross threads (tests only).
 #[derive(Clone, Copy)]
 struct P(*mut u8);
+// SAFETY: a plain pointer wrapper; the pointee is only used while live (the test joins its threads first).
 unsafe impl Send for P {}
 impl P {
     fn g(self) -> *mut u8 {
@@ -72,9 +75,11 @@ impl P {
 /// An arena reference that may cross to threads that outlive no use of it.
 #[derive(Clone, Copy)]
 struct R(*const SmallMidArena);
+// SAFETY: a plain pointer wrapper; the pointee is only used while live (the test joins its threads first).
 unsafe impl Send for R {}
 impl R {
     fn get(&self) -> &SmallMidArena {
+        // SAFETY: the arena outlives every thread that uses this pointer (joined before it drops).
         unsafe { &*self.0 }
     }
 }
@@ -125,6 +130,7 @@ fn busy_life(a: &SmallMidArena) {
                 }
                 for (k, (b, lay)) in v.into_iter().enumerate() {
                     if k % 3 != 0 {
+                        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                         unsafe { a.deallocate(b.cast(), lay) };
                     }
                 }
@@ -336,6 +342,7 @@ fn recycled_arena_stats_after_hopping_life() {
                     .map(|i| a.allocate(l(64 + i, 8)).unwrap())
                     .collect();
                 for (i, b) in v.into_iter().enumerate() {
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(b.cast(), l(64 + i, 8)) };
                 }
             })
@@ -353,6 +360,7 @@ fn recycled_arena_stats_after_hopping_life() {
         assert_eq!(s.blocks_in_use, 1);
         assert_eq!(s.classes.len(), 1, "{s}");
         assert_eq!((s.classes[0].allocs, s.classes[0].frees), (1, 0));
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { b.deallocate(x.cast(), l(100, 8)) };
         b.audit();
     })
@@ -403,6 +411,7 @@ fn stats_exact_after_cross_thread_frees_and_exits() {
                     for (i, (p, sz)) in v.into_iter().enumerate() {
                         if i % 2 == 0 {
                             verify(p.0, sz.min(64), i, "cross-thread");
+                            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                             unsafe { a.deallocate(NonNull::new(p.0).unwrap(), l(sz, 8)) };
                         } else {
                             kept.push((p, sz));
@@ -427,6 +436,7 @@ fn stats_exact_after_cross_thread_frees_and_exits() {
         .map(|&(_, sz)| {
             let b = a.allocate(l(sz, 8)).unwrap();
             let n = b.len() as u64;
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(b.cast(), l(sz, 8)) };
             n
         })
@@ -438,6 +448,7 @@ fn stats_exact_after_cross_thread_frees_and_exits() {
     assert_eq!(allocs, 4000 + kept.len() as u64, "{s}");
     assert_eq!(frees, 2000 + kept.len() as u64, "{s}");
     for (p, sz) in kept {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p.0).unwrap(), l(sz, 8)) };
     }
     assert_eq!(a.stats().blocks_in_use, 0);
@@ -551,6 +562,7 @@ fn limit_exact_after_threads_exit() {
                     if rng.below(3) == 0 && !mine.is_empty() {
                         let k = rng.below(mine.len());
                         let (p, lay) = mine.swap_remove(k);
+                        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                         unsafe { a.deallocate(NonNull::new(p.0).unwrap(), lay) };
                     }
                 }
@@ -558,6 +570,7 @@ fn limit_exact_after_threads_exit() {
                 let half = mine.split_off(mine.len() / 2);
                 blocks.lock().unwrap().extend(half);
                 for (p, lay) in mine {
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(NonNull::new(p.0).unwrap(), lay) };
                 }
             }));
@@ -572,6 +585,7 @@ fn limit_exact_after_threads_exit() {
         "allocated_bytes passed the limit"
     );
     for (p, lay) in blocks.into_inner().unwrap() {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p.0).unwrap(), lay) };
     }
     assert_eq!(a.stats().blocks_in_use, 0);
@@ -610,6 +624,7 @@ fn limit_whole_after_reset_with_live_threads() {
                     }
                     // Free half: the cache holds free blocks and ranges.
                     for (b, lay) in v.into_iter().step_by(2) {
+                        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                         unsafe { a.deallocate(b.cast(), lay) };
                     }
                 }
@@ -664,6 +679,7 @@ fn limit_64k_exhaustion_is_error_in_all_shapes() {
             let v = count_fill(&a, lay);
             assert!(a.allocated_bytes() <= SLAB);
             for p in v {
+                // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                 unsafe { a.deallocate(p, lay) };
             }
             a.flush_thread_cache();
@@ -697,6 +713,7 @@ fn limit_usable_after_cross_thread_frees_and_exit() {
             let a = &a;
             s.spawn(move || {
                 for p in v {
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(NonNull::new(p.0).unwrap(), lay) };
                 }
             })
@@ -712,12 +729,14 @@ fn limit_usable_after_cross_thread_frees_and_exit() {
             v2.len()
         );
         for p in v2 {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(p, lay) };
         }
         a.flush_thread_cache();
         let spans = count_fill(&a, l(40 * KIB, 8));
         assert_eq!(spans.len(), 4, "round {round}: spans after frees");
         for p in spans {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(p, l(40 * KIB, 8)) };
         }
     }
@@ -759,6 +778,7 @@ fn live_blocks_survive_decommits_from_other_threads() {
             if j % 40 == 0 {
                 live.push((k, p, sz, seed));
             } else {
+                // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                 unsafe { a.deallocate(NonNull::new(p.0).unwrap(), l(sz, 8)) };
             }
         }
@@ -779,6 +799,7 @@ fn live_blocks_survive_decommits_from_other_threads() {
                         .map(|i| a.allocate(l(300 + i % 500, 8)).unwrap())
                         .collect();
                     for (i, b) in v.into_iter().enumerate() {
+                        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                         unsafe { a.deallocate(b.cast(), l(300 + i % 500, 8)) };
                     }
                 }
@@ -840,6 +861,7 @@ fn limited_arena_decommit_keeps_neighbours() {
             .map(|i| a.allocate(l(1024 + (i % 4) * 2048, 8)).unwrap())
             .collect();
         for (i, b) in v.into_iter().enumerate() {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(b.cast(), l(1024 + (i % 4) * 2048, 8)) };
         }
         a.flush_thread_cache();
@@ -860,6 +882,7 @@ fn limited_arena_decommit_keeps_neighbours() {
             if j % 50 == 0 {
                 keep.push(x);
             } else {
+                // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                 unsafe { a.deallocate(x.0.cast(), x.1) };
             }
         }
@@ -873,6 +896,7 @@ fn limited_arena_decommit_keeps_neighbours() {
             );
         }
         for (b, lay, _) in keep {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(b.cast(), lay) };
         }
         a.audit();
@@ -892,13 +916,16 @@ fn trim_returns_rss_and_huge_cache() {
         let v: Vec<_> = (0..64)
             .map(|_| {
                 let b = a.allocate(l(900 * KIB, 8)).unwrap();
+                // SAFETY: the range is inside a live block the test owns.
                 unsafe { b.cast::<u8>().as_ptr().write_bytes(1, b.len()) };
                 b
             })
             .collect();
         let h = a.allocate(l(8 * MIB, 8)).unwrap();
+        // SAFETY: the range is inside a live block the test owns.
         unsafe { h.cast::<u8>().as_ptr().write_bytes(1, h.len()) };
         let _ = v;
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(h.cast(), l(8 * MIB, 8)) };
         assert!(global_stats().huge_cached >= 1);
     }
@@ -945,6 +972,7 @@ fn hundred_threads_exit_while_shared_arena_goes() {
                     let b = a.allocate(lay).unwrap();
                     fill(b.cast::<u8>().as_ptr(), 8, i);
                     if rng.below(2) == 0 {
+                        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                         unsafe { a.deallocate(b.cast(), lay) };
                     }
                 }
@@ -999,6 +1027,7 @@ fn eighty_threads_exit_then_arena_dropped_elsewhere() {
                     })
                     .collect();
                 for (b, lay) in v.into_iter().step_by(2) {
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(b.cast(), lay) };
                 }
                 a.flush_thread_cache();
@@ -1045,6 +1074,7 @@ fn huge_grow_shrink_free_across_threads() {
     let (p, n) = std::thread::spawn(move || {
         let a = r.get();
         let newl = l(5 * MIB + 7, 8);
+        // SAFETY: a live block of this arena, allocated with the old layout.
         let g = unsafe { a.grow(NonNull::new(bp.g()).unwrap(), lay0, newl) }.unwrap();
         verify(g.cast::<u8>().as_ptr(), lay0.size(), 1, "after grow");
         fill(g.cast::<u8>().as_ptr(), g.len(), 2);
@@ -1058,6 +1088,7 @@ fn huge_grow_shrink_free_across_threads() {
         let p = p.g();
         verify(p, n, 2, "grown block on another thread");
         let newl = l(MIB + 5, 8);
+        // SAFETY: a live block of this arena, allocated with the old layout.
         let s = unsafe { a.shrink(NonNull::new(p).unwrap(), oldl, newl) }.unwrap();
         verify(s.cast::<u8>().as_ptr(), newl.size(), 2, "after shrink");
         fill(s.cast::<u8>().as_ptr(), s.len(), 3);
@@ -1070,6 +1101,7 @@ fn huge_grow_shrink_free_across_threads() {
     assert_eq!(s.blocks_in_use, 1, "{s}");
     std::thread::spawn(move || {
         let a = r.get();
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p2.g()).unwrap(), l(MIB + 5, 8)) };
     })
     .join()
@@ -1094,6 +1126,7 @@ fn huge_cache_reuse_zeroed_and_full_length() {
     for size in [MIB, 3 * MIB / 2, 3 * MIB, 5 * MIB + 4096] {
         let x = SmallMidArena::new();
         let b = x.allocate(l(size, 8)).unwrap();
+        // SAFETY: the range is inside a live block the test owns.
         unsafe { b.cast::<u8>().as_ptr().write_bytes(0xAB, b.len()) };
         unsafe { x.deallocate(b.cast(), l(size, 8)) };
         drop(x);
@@ -1102,14 +1135,17 @@ fn huge_cache_reuse_zeroed_and_full_length() {
         let y = std::thread::spawn(move || {
             let y = SmallMidArena::new();
             let z = y.allocate_zeroed(l(size - 4096, 8)).unwrap();
+            // SAFETY: the range is inside a live block the test owns.
             let s = unsafe { core::slice::from_raw_parts(z.cast::<u8>().as_ptr(), z.len()) };
             assert!(
                 s.iter().all(|&x| x == 0),
                 "size {size}: zeroed block has old data"
             );
+            // SAFETY: the range is inside a live block the test owns.
             unsafe { z.cast::<u8>().as_ptr().write_bytes(0x11, z.len()) };
             // grow_zeroed: the new bytes are zero.
             let gl = l(z.len() + MIB, 8);
+            // SAFETY: a live block of this arena, allocated with the old layout.
             let g = unsafe { y.grow_zeroed(z.cast(), l(size - 4096, 8), gl) }.unwrap();
             let s = unsafe { core::slice::from_raw_parts(g.cast::<u8>().as_ptr(), g.len()) };
             assert!(s[..size - 4096].iter().all(|&x| x == 0x11));
@@ -1117,6 +1153,7 @@ fn huge_cache_reuse_zeroed_and_full_length() {
                 s[z.len()..].iter().all(|&x| x == 0),
                 "size {size}: grow_zeroed tail"
             );
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { y.deallocate(g.cast(), gl) };
             let st = y.stats();
             assert_eq!((st.huge_bytes, st.blocks_in_use), (0, 0), "{st}");
@@ -1134,6 +1171,7 @@ fn huge_cache_reuse_under_limit() {
     smallmid::trim_warm_cache();
     let x = SmallMidArena::new();
     let b = x.allocate(l(3 * MIB, 8)).unwrap();
+    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
     unsafe { x.deallocate(b.cast(), l(3 * MIB, 8)) };
     drop(x);
     let y = SmallMidArena::builder()
@@ -1147,13 +1185,16 @@ fn huge_cache_reuse_under_limit() {
         y.memory_limit()
     );
     assert!(h.len() >= 3 * MIB - 8192);
+    // SAFETY: the range is inside a live block the test owns.
     unsafe { h.cast::<u8>().as_ptr().write_bytes(5, h.len()) };
     let st = y.stats();
     assert_eq!(st.bytes_in_use as usize, h.len(), "{st}");
+    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
     unsafe { y.deallocate(h.cast(), l(3 * MIB - 8192, 8)) };
     assert_eq!(y.allocated_bytes(), 0);
     // The whole limit again: a fresh block of the limit's size minus a slab.
     let h = y.allocate(l(3 * MIB, 8)).expect("whole limit after free");
+    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
     unsafe { y.deallocate(h.cast(), l(3 * MIB, 8)) };
     smallmid::trim_warm_cache();
 }
@@ -1177,6 +1218,7 @@ fn huge_grows_under_limit_across_threads() {
                     let bp = P(b.cast::<u8>().as_ptr());
                     let r = std::thread::scope(|s2| {
                         s2.spawn(move || {
+                            // SAFETY: a live block of this arena, allocated with the old layout.
                             unsafe { a.grow(NonNull::new(bp.g()).unwrap(), lay, newl) }
                                 .map(|g| (P(g.cast::<u8>().as_ptr()), g.len()))
                         })
@@ -1199,6 +1241,7 @@ fn huge_grows_under_limit_across_threads() {
                         }
                     }
                 }
+                // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                 unsafe { a.deallocate(b.cast(), lay) };
             });
         }
@@ -1225,6 +1268,7 @@ fn mixed_slabs_cross_thread_churn_with_decommits() {
             .map(|i| a.allocate(l(2048 + (i % 4) * 2048, 8)).unwrap())
             .collect();
         for (i, b) in v.into_iter().enumerate() {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(b.cast(), l(2048 + (i % 4) * 2048, 8)) };
         }
     }
@@ -1255,6 +1299,7 @@ fn mixed_slabs_cross_thread_churn_with_decommits() {
                 let _ = tx.send(send);
                 for &(p, sz, seed) in v.iter().filter(|x| x.2 % 3 == 1) {
                     verify(p.g(), sz, seed, "own");
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(NonNull::new(p.g()).unwrap(), l(sz, 8)) };
                 }
                 if rng.below(2) == 0 {
@@ -1265,6 +1310,7 @@ fn mixed_slabs_cross_thread_churn_with_decommits() {
                 if let Ok(batch) = got {
                     for (p, sz, seed) in batch {
                         for i in 0..sz {
+                            // SAFETY: the range is inside a live block the test owns.
                             let x = unsafe { p.g().add(i).read() };
                             if x != pat(seed, i) {
                                 bad.lock().unwrap().push(format!(
@@ -1274,6 +1320,7 @@ fn mixed_slabs_cross_thread_churn_with_decommits() {
                                 break;
                             }
                         }
+                        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                         unsafe { a.deallocate(NonNull::new(p.g()).unwrap(), l(sz, 8)) };
                     }
                 }
@@ -1294,6 +1341,7 @@ fn mixed_slabs_cross_thread_churn_with_decommits() {
     for batch in rest {
         for (p, sz, seed) in batch {
             verify(p.g(), sz, seed, "leftover batch");
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { shared.deallocate(NonNull::new(p.g()).unwrap(), l(sz, 8)) };
         }
     }
@@ -1390,6 +1438,7 @@ fn huge_shrink_into_own_room_on_other_thread() {
         let res = std::thread::spawn(move || {
             let a = r.get();
             let newl = l(target, 8);
+            // SAFETY: a live block of this arena, allocated with the old layout.
             let s = unsafe { a.shrink(NonNull::new(bp.g()).unwrap(), big, newl) };
             s.map(|s| (P(s.cast::<u8>().as_ptr()), s.len()))
         })
@@ -1400,6 +1449,7 @@ fn huge_shrink_into_own_room_on_other_thread() {
         assert!(n >= target);
         verify(p.g(), target, 9, "shrunk into own room");
         assert!(a.allocated_bytes() <= 2 * MIB);
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p.g()).unwrap(), l(target, 8)) };
         a.flush_thread_cache();
         let st = a.stats();
@@ -1448,6 +1498,7 @@ fn limited_reset_then_whole_limit_as_huge() {
         let h = a.allocate(lay).unwrap_or_else(|_| {
             panic!("round {round}: whole limit as huge refused; {}", a.stats())
         });
+        // SAFETY: the range is inside a live block the test owns.
         unsafe { h.cast::<u8>().as_ptr().write_bytes(3, h.len()) };
         unsafe { a.deallocate(h.cast(), lay) };
         a.reset();
@@ -1476,6 +1527,7 @@ fn set_limit_then_other_threads_exit_frees_room() {
                     })
                     .collect();
                 for (b, lay) in v {
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(b.cast(), lay) };
                 }
                 go.wait();
@@ -1490,6 +1542,7 @@ fn set_limit_then_other_threads_exit_frees_room() {
     let v = count_fill(&a, l(40 * KIB, 8));
     assert_eq!(v.len(), 16, "after exits: {}; {}", v.len(), a.stats());
     for p in v {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(p, l(40 * KIB, 8)) };
     }
     a.audit();
@@ -1524,6 +1577,7 @@ fn reset_and_drop_race_thread_exits() {
                             }
                         }
                         for (b, lay) in v.into_iter().skip(t % 2).step_by(2) {
+                            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                             unsafe { a.deallocate(b.cast(), lay) };
                         }
                     }
@@ -1605,6 +1659,7 @@ fn idle_cache_slabs_from_reset_yield_to_later_limit() {
         v.len()
     );
     for p in v {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(p, l(40 * KIB, 8)) };
     }
     // Dropped and recycled limited by another thread.

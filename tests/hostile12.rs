@@ -54,9 +54,11 @@ fn pat(seed: usize, i: usize) -> u8 {
 fn fill(p: *mut u8, n: usize, seed: usize) {
     let mut i = 0;
     while i < n {
+        // SAFETY: the range is inside a live block the test owns.
         unsafe { p.add(i).write(pat(seed, i)) };
         i += 512;
     }
+    // SAFETY: the range is inside a live block the test owns.
     unsafe { p.add(n - 1).write(pat(seed, n - 1)) };
 }
 
@@ -64,10 +66,12 @@ fn fill(p: *mut u8, n: usize, seed: usize) {
 fn verify(p: *const u8, n: usize, seed: usize, what: &str) {
     let mut i = 0;
     while i < n {
+        // SAFETY: the range is inside a live block the test owns.
         let v = unsafe { p.add(i).read() };
         assert_eq!(v, pat(seed, i), "{what}: byte {i} of {n} at {p:p} changed");
         i += 512;
     }
+    // SAFETY: the range is inside a live block the test owns.
     let v = unsafe { p.add(n - 1).read() };
     assert_eq!(
         v,
@@ -79,15 +83,18 @@ fn verify(p: *const u8, n: usize, seed: usize, what: &str) {
 /// A pointer that may cross threads (tests only).
 #[derive(Clone, Copy, Debug)]
 struct P(*mut u8);
+// SAFETY: a plain pointer wrapper; the pointee is only used while live (the test joins its threads first).
 unsafe impl Send for P {}
 
 /// An arena reference that may cross to threads that use it only while the
 /// test keeps it alive and unborrowed mutably.
 #[derive(Clone, Copy)]
 struct R(*const SmallMidArena);
+// SAFETY: a plain pointer wrapper; the pointee is only used while live (the test joins its threads first).
 unsafe impl Send for R {}
 impl R {
     fn get(&self) -> &SmallMidArena {
+        // SAFETY: the arena outlives every thread that uses this pointer (joined before it drops).
         unsafe { &*self.0 }
     }
 }
@@ -174,6 +181,7 @@ fn stats_exact_spans_freed_on_other_thread_then_exit() {
         let a = r.get();
         for (i, (p, &k)) in blocks.iter().zip(&ks).enumerate() {
             verify(p.0, k * SLAB, i, "cross");
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(NonNull::new(p.0).unwrap(), span(k)) };
         }
         to_main.send(1).unwrap();
@@ -186,6 +194,7 @@ fn stats_exact_spans_freed_on_other_thread_then_exit() {
         to_main.send(2).unwrap();
         from_main.recv().unwrap();
         for (p, &k) in again.iter().zip(&ks) {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(NonNull::new(p.0).unwrap(), span(k)) };
         }
         to_main.send(3).unwrap();
@@ -247,6 +256,7 @@ fn stats_consistent_while_threads_with_kept_spans_exit() {
                 let a = a.clone();
                 std::thread::spawn(move || {
                     let b = a.allocate(span(4)).unwrap();
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(b.cast(), span(4)) }; // kept
                 })
             })
@@ -294,12 +304,14 @@ fn many_threads_keep_spans_then_exit() {
                 }
                 for &(b, k, seed) in &v {
                     verify(b.cast::<u8>().as_ptr(), k * SLAB, seed, "own");
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(b.cast(), span(k)) };
                 }
                 // Again: served from the kept spans.
                 for &(_, k, _) in &v {
                     let b = a.allocate(span(k)).unwrap();
                     fill(b.cast::<u8>().as_ptr(), k * SLAB, 1);
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(b.cast(), span(k)) };
                 }
             })
@@ -344,6 +356,7 @@ fn reset_while_other_thread_holds_kept_spans() {
             v.push((b.cast::<u8>().as_ptr(), k));
         }
         for &(p, k) in &v {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { r.get().deallocate(NonNull::new(p).unwrap(), span(k)) };
         }
         to_main.send(v.iter().map(|x| P(x.0)).collect()).unwrap();
@@ -397,9 +410,11 @@ fn reset_while_other_thread_holds_kept_spans() {
     to_t.send(0).unwrap();
     h.join().unwrap();
     for (p, k) in mine {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p).unwrap(), span(k)) };
     }
     for (i, p) in theirs.iter().enumerate() {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p.0).unwrap(), span(1 + i % 4)) };
     }
     expect_stats(&a, 0, 0, 16, 16, "all freed");
@@ -424,6 +439,7 @@ fn arena_dropped_elsewhere_while_thread_keeps_spans_recycled_clean() {
         for i in 0..8 {
             let k = 1 + i % 4;
             let b = r.get().allocate(span(k)).unwrap();
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { r.get().deallocate(b.cast(), span(k)) };
         }
         to_main.send(0).unwrap();
@@ -435,6 +451,7 @@ fn arena_dropped_elsewhere_while_thread_keeps_spans_recycled_clean() {
             let x = b.allocate(span(k)).unwrap();
             fill(x.cast::<u8>().as_ptr(), k * SLAB, i);
             verify(x.cast::<u8>().as_ptr(), k * SLAB, i, "new arena");
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { b.deallocate(x.cast(), span(k)) };
         }
         to_main.send(1).unwrap();
@@ -483,6 +500,7 @@ fn arena_dropped_elsewhere_while_thread_keeps_spans_recycled_clean() {
         }
         assert_eq!(b.audit().span_slabs, 40);
         for (p, k) in v {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { b.deallocate(NonNull::new(p).unwrap(), span(k)) };
         }
         expect_stats(&b, 0, 0, 16, 16, "recycled, freed");
@@ -509,6 +527,7 @@ fn own_spare_with_kept_spans_recycled() {
         }
         // Half freed (kept), half leaked into the drop.
         for &(p, k) in &v[..4] {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(NonNull::new(p).unwrap(), span(k)) };
         }
         drop(a);
@@ -546,6 +565,7 @@ fn spare_with_kept_spans_switches_to_limited_and_back() {
     let other = std::thread::spawn(move || {
         let v: Vec<_> = (0..4).map(|_| r.get().allocate(span(4)).unwrap()).collect();
         for b in v {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { r.get().deallocate(b.cast(), span(4)) };
         }
         to_main.send(0).unwrap();
@@ -554,6 +574,7 @@ fn spare_with_kept_spans_switches_to_limited_and_back() {
     from_t.recv().unwrap();
     let v: Vec<_> = (0..4).map(|_| a.allocate(span(4)).unwrap()).collect();
     for b in v {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(b.cast(), span(4)) };
     }
     assert!(a.stats().superslabs <= 4);
@@ -576,6 +597,7 @@ fn spare_with_kept_spans_switches_to_limited_and_back() {
     assert!(lim.allocate(span(1)).is_err(), "limit full");
     assert_eq!(lim.allocated_bytes(), MIB);
     for b in v.drain(..) {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { lim.deallocate(b.cast(), span(4)) };
     }
     assert_eq!(lim.allocated_bytes(), 0, "a limited arena keeps no span");
@@ -588,6 +610,7 @@ fn spare_with_kept_spans_switches_to_limited_and_back() {
     }
     assert_eq!(free.audit().span_slabs, 24);
     for b in v.drain(..) {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { free.deallocate(b.cast(), span(4)) };
     }
     to_t.send(0).unwrap();
@@ -625,6 +648,7 @@ fn aligned_spans_kept_and_requested_again() {
             let (p, lay, k, seed) = v.swap_remove(rng.below(v.len()));
             verify(p, k * SLAB, seed, "aligned");
             live.remove(p);
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(NonNull::new(p).unwrap(), lay) };
             frees += 1;
         }
@@ -636,6 +660,7 @@ fn aligned_spans_kept_and_requested_again() {
     assert_eq!(a.audit().span_slabs, slabs, "after a flush only live spans");
     assert_eq!(a.allocated_bytes(), slabs * SLAB);
     for (p, lay, _, _) in v {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p).unwrap(), lay) };
     }
     expect_stats(&a, 0, 0, allocs, allocs, "all freed");
@@ -667,10 +692,12 @@ fn realloc_spans_across_slab_counts() {
         let b = a.allocate(lay).unwrap();
         let mut p = b.cast::<u8>();
         for i in 0..lay.size() {
+            // SAFETY: the range is inside a live block the test owns.
             unsafe { p.as_ptr().add(i).write(pat(round, i)) };
         }
         for &s in &sizes[1..] {
             let new = l(s, 8);
+            // SAFETY: the range is inside a live block the test owns.
             let nb = unsafe {
                 if s > lay.size() {
                     a.grow(p, lay, new).unwrap()
@@ -683,6 +710,7 @@ fn realloc_spans_across_slab_counts() {
             let mut i = 0;
             while i < keep {
                 assert_eq!(
+                    // SAFETY: the range is inside a live block the test owns.
                     unsafe { p.as_ptr().add(i).read() },
                     pat(round, i),
                     "round {round}: {} -> {s}: byte {i}",
@@ -691,12 +719,14 @@ fn realloc_spans_across_slab_counts() {
                 i += 97;
             }
             for i in keep..s {
+                // SAFETY: the range is inside a live block the test owns.
                 unsafe { p.as_ptr().add(i).write(pat(round, i)) };
             }
             lay = new;
             let st = a.stats();
             assert_eq!(st.blocks_in_use, 1, "round {round} at {s}: {st}");
         }
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(p, lay) };
         let st = a.stats();
         assert_eq!(
@@ -726,6 +756,7 @@ fn kept_spans_handed_out_once_and_flushed() {
     }
     let slabs: usize = first.iter().map(|x| x.1).sum();
     for &(p, k) in &first {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p).unwrap(), span(k)) };
     }
     assert_eq!(
@@ -755,6 +786,7 @@ fn kept_spans_handed_out_once_and_flushed() {
         verify(p, k * SLAB, i, "again");
     }
     for &(p, k) in &again {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p).unwrap(), span(k)) };
     }
     let s0 = a.stats();
@@ -780,6 +812,7 @@ fn kept_spans_handed_out_once_and_flushed() {
     // At most 8 spans and 32 slabs are kept: 9 four-slab spans leave one.
     let v: Vec<_> = (0..9).map(|_| a.allocate(span(4)).unwrap()).collect();
     for b in v {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(b.cast(), span(4)) };
     }
     assert!(a.allocated_bytes() <= 32 * SLAB, "{}", a.allocated_bytes());
@@ -812,6 +845,7 @@ fn cross_thread_span_churn_integrity() {
                 let free = |p: P, size: usize, seed: usize| {
                     verify(p.0, size, seed, "churn");
                     live.lock().unwrap().remove(p.0);
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(NonNull::new(p.0).unwrap(), l(size, 8)) };
                 };
                 for i in 0..3000 {
@@ -877,6 +911,7 @@ fn limited_arena_keeps_no_span() {
         let v: Vec<_> = (0..4).map(|_| a.allocate(span(4)).unwrap()).collect();
         assert!(a.allocate(span(1)).is_err());
         for b in v {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(b.cast(), span(4)) };
         }
         assert_eq!(a.allocated_bytes(), 0);
@@ -885,6 +920,7 @@ fn limited_arena_keeps_no_span() {
             s.spawn(|| {
                 let v: Vec<_> = (0..16).map(|_| a.allocate(span(1)).unwrap()).collect();
                 for b in v {
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(b.cast(), span(1)) };
                 }
                 assert_eq!(a.allocated_bytes(), 0);
@@ -907,6 +943,7 @@ fn runtime_limit_with_spans_kept_by_another_thread() {
     let h = std::thread::spawn(move || {
         let v: Vec<_> = (0..8).map(|_| r.get().allocate(span(4)).unwrap()).collect();
         for b in v {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { r.get().deallocate(b.cast(), span(4)) };
         }
         to_main.send(0).unwrap();
@@ -940,6 +977,7 @@ fn runtime_limit_own_kept_spans_reclaimed() {
     let a = SmallMidArena::new();
     let v: Vec<_> = (0..8).map(|_| a.allocate(span(4)).unwrap()).collect();
     for b in v {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(b.cast(), span(4)) };
     }
     assert_eq!(a.allocated_bytes(), 2 * MIB);
@@ -950,6 +988,7 @@ fn runtime_limit_own_kept_spans_reclaimed() {
         .collect();
     assert!(a.allocated_bytes() <= 2 * MIB);
     for b in w {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(b.cast(), span(3)) };
     }
     assert_eq!(a.allocated_bytes(), 0, "limited now: no span kept");
@@ -976,6 +1015,7 @@ fn os_refusal_reclaims_kept_spans() {
         .collect();
     let superslabs = a.stats().superslabs;
     for &(b, k) in &v {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(b.cast(), span(k)) };
     }
     smallmid::trim_warm_cache();
@@ -985,6 +1025,7 @@ fn os_refusal_reclaims_kept_spans() {
     smallmid::test_hooks::fail_next_maps(0);
     let b = r.expect("kept spans given back before refusing");
     assert_eq!(s.superslabs, superslabs, "no new SuperSlab: {s}");
+    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
     unsafe { a.deallocate(b.cast(), span(2)) };
     expect_stats(&a, 0, 0, 5, 5, "after");
 }
@@ -1008,6 +1049,7 @@ fn kept_span_pins_superslab_until_flush() {
     // Keep the first three alive; free the rest (8 go to the cache).
     let keep: Vec<_> = v.drain(..3).collect();
     for &(p, _) in &v {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p).unwrap(), span(4)) };
     }
     let held = a.stats().superslabs;
@@ -1024,9 +1066,11 @@ fn kept_span_pins_superslab_until_flush() {
     let w: Vec<_> = (0..21).map(|_| a.allocate(span(4)).unwrap()).collect();
     for b in w {
         fill(b.cast::<u8>().as_ptr(), 4 * SLAB, 9);
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(b.cast(), span(4)) };
     }
     for (p, _) in keep {
+        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
         unsafe { a.deallocate(NonNull::new(p).unwrap(), span(4)) };
     }
     expect_stats(&a, 0, 0, 45, 45, "after");
@@ -1050,6 +1094,7 @@ fn exits_race_with_reset_and_drop() {
                     for i in 0..6 {
                         let k = 1 + (i + t) % 4;
                         let b = r.get().allocate(span(k)).unwrap();
+                        // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                         unsafe { r.get().deallocate(b.cast(), span(k)) };
                     }
                     go.wait();
@@ -1082,6 +1127,7 @@ fn exits_race_with_reset_and_drop() {
         assert_eq!(s.blocks_in_use, 12, "round {round}: {s}");
         assert!(s.large_frees <= s.large_allocs, "round {round}: {s}");
         for (p, k) in v {
+            // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
             unsafe { a.deallocate(NonNull::new(p).unwrap(), span(k)) };
         }
         let s = a.stats();
@@ -1115,6 +1161,7 @@ fn decay_tick_under_concurrent_drops() {
             .map(|_| big.allocate(span(4)).unwrap())
             .collect();
         for b in &v {
+            // SAFETY: the range is inside a live block the test owns.
             unsafe { b.cast::<u8>().as_ptr().write_bytes(1, 4096) };
         }
         drop(v);
@@ -1131,6 +1178,7 @@ fn decay_tick_under_concurrent_drops() {
                 while !stop.load(Ordering::Relaxed) {
                     let a = SmallMidArena::new();
                     let b = a.allocate(l(100 + (i + t) % 5000, 8)).unwrap();
+                    // SAFETY: the range is inside a live block the test owns.
                     unsafe { b.cast::<u8>().as_ptr().write(3) };
                     // Small blocks only: the arena stays one SuperSlab and
                     // is recycled as a spare, so no SuperSlab is released
@@ -1209,6 +1257,7 @@ fn decay_tick_races_trim_and_limit_changes() {
                         a.reserve(10 * MIB).unwrap();
                         let v: Vec<_> = (0..12).map(|_| a.allocate(span(4)).unwrap()).collect();
                         for b in &v {
+                            // SAFETY: the range is inside a live block the test owns.
                             unsafe { b.cast::<u8>().as_ptr().write(7) };
                         }
                     } else {
@@ -1264,6 +1313,7 @@ fn spans_freed_in_tls_destructors_around_the_exit() {
             let a = self.1.take().unwrap();
             for &(p, k) in &self.0 {
                 verify(p.0, k * SLAB, k, "tls");
+                // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                 unsafe { a.deallocate(NonNull::new(p.0).unwrap(), span(k)) };
             }
         }
@@ -1291,9 +1341,11 @@ fn spans_freed_in_tls_destructors_around_the_exit() {
                     // Registered before the crate's thread-local: destroyed after it.
                     EARLY.with(|e| *e.borrow_mut() = Some(mk(&a)));
                     let b = a.allocate(span(1)).unwrap();
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(b.cast(), span(1)) };
                 } else {
                     let b = a.allocate(span(1)).unwrap();
+                    // SAFETY: a live block of this arena, with the layout it was allocated with; freed once.
                     unsafe { a.deallocate(b.cast(), span(1)) };
                     LATE.with(|e| *e.borrow_mut() = Some(mk(&a)));
                 }
