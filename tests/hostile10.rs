@@ -7,40 +7,13 @@
 //! (`Pool::doubles`) keep returned lengths and limits honest.
 #![cfg(not(miri))]
 
+mod common;
+use common::*;
+
 use allocator_api2::alloc::Allocator;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use smallmid::{SharedArena, SmallMidArena};
-use std::sync::{Mutex, MutexGuard};
-
-const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
-const SLAB: usize = 64 * KIB;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Tests reading process-wide state (huge cache, spares) run one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn l(size: usize, align: usize) -> Layout {
-    Layout::from_size_align(size, align).unwrap()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// The block's alignment and length must satisfy `layout`.
 #[track_caller]

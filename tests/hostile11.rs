@@ -6,40 +6,16 @@
 //! arena goes, huge blocks resized and freed across threads.
 #![cfg(not(miri))]
 
+mod common;
+use common::*;
+
 use allocator_api2::alloc::Allocator;
 use allocator_api2::vec::Vec as AVec;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use smallmid::{global_stats, SharedArena, SmallMidArena};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard};
-
-const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
-const SLAB: usize = 64 * KIB;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn l(size: usize, align: usize) -> Layout {
-    Layout::from_size_align(size, align).unwrap()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use std::sync::{mpsc, Arc, Barrier, Mutex};
 
 fn pat(seed: usize, i: usize) -> u8 {
     (seed.wrapping_mul(131) ^ i.wrapping_mul(7) ^ (i >> 8)) as u8

@@ -5,45 +5,21 @@
 //! tick under concurrent drops.
 #![cfg(not(miri))]
 
+mod common;
+use common::*;
+
 use allocator_api2::alloc::Allocator;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use smallmid::{global_stats, SharedArena, SmallMidArena};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
-
-const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
-const SLAB: usize = 64 * KIB;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn l(size: usize, align: usize) -> Layout {
-    Layout::from_size_align(size, align).unwrap()
-}
 
 /// A layout of a span of `k` slabs (32 KiB + 1 ..= 256 KiB for k <= 4).
 fn span(k: usize) -> Layout {
     l(k * SLAB - 1000, 8)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 fn pat(seed: usize, i: usize) -> u8 {

@@ -1,0 +1,39 @@
+//! Helpers shared by the hostile-review test files: sizes, layouts, a
+//! deterministic PRNG and a lock for tests that read process-wide state.
+#![allow(dead_code)]
+
+use core::alloc::Layout;
+use std::sync::{Mutex, MutexGuard};
+
+pub const KIB: usize = 1 << 10;
+pub const MIB: usize = 1 << 20;
+/// One slab.
+pub const SLAB: usize = 64 * KIB;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Tests reading process-wide state (huge cache, spares, warm cache,
+/// thread counts) run one at a time; a failed one does not poison the rest.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn l(size: usize, align: usize) -> Layout {
+    Layout::from_size_align(size, align).unwrap()
+}
+
+/// A tiny deterministic PRNG (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
