@@ -3,7 +3,10 @@
 use crate::arena::{ArenaState, SmallMidArena};
 use crate::asan;
 use crate::large::{self, huge_header, Kind};
+use crate::os::{HUGE_PAGE, PAGE};
 use crate::size_class::{class_for, CLASS_SIZE};
+use crate::slab::SLAB_SIZE;
+use crate::sync::lock;
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
@@ -212,6 +215,117 @@ impl ArenaState {
         }
     }
 
+    /// Allocates a block that no size class serves: a span this thread
+    /// freed and its cache kept (no pool lock; even under a limit set after
+    /// it was kept: it is held already), else from the heap.
+    fn alloc_large(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        if let Kind::Span { slabs, step: 1 } = large::kind(layout.size(), layout.align()) {
+            if let Some(p) = self.take_kept_span(slabs) {
+                self.heap.mark_dirty();
+                return Ok(NonNull::slice_from_raw_parts(p, slabs * SLAB_SIZE));
+            }
+        }
+        self.heap.alloc_large(layout)
+    }
+
+    /// Frees a block from [`Self::alloc_large`]: a span into this thread's
+    /// cache if it keeps it (only spans a later request can take: not
+    /// those aligned past a slab; never under a limit), else to the heap.
+    ///
+    /// # Safety
+    /// `ptr` was allocated by this arena with a layout of the same
+    /// [`large::kind`] as `layout`, and is not used afterwards.
+    unsafe fn free_large(&self, ptr: NonNull<u8>, layout: Layout) {
+        if let Kind::Span { slabs, step: 1 } = large::kind(layout.size(), layout.align()) {
+            // SAFETY: per contract a live span of ours, unused now.
+            if !self.heap.limited() && unsafe { self.keep_span(ptr.as_ptr(), slabs) } {
+                return;
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.heap.free_large(ptr, layout) }
+    }
+
+    /// Shrinks a huge block into a smaller kind of block when the limit
+    /// has no room for the copy: the block's own mapping is the room. The
+    /// mapping is shrunk in place to `keep` bytes, the freed room held for
+    /// this thread, `new` allocated; if that still fails, the mapping gets
+    /// its whole length back in place (the room was held) and the block is
+    /// as before. The tail goes only once the new block surely fits: the
+    /// room it may take is checked, and a SuperSlab with room for it added
+    /// first (address space, which the limit does not count), so no system
+    /// call comes between (barring another thread taking that room
+    /// meanwhile). `None`: not a huge block, no `mremap`, or no room anyway.
+    ///
+    /// # Safety
+    /// `ptr` is a live huge block of this arena allocated with `old`;
+    /// `keep <= new.size()`, and the caller copies `keep` bytes and frees
+    /// `ptr` (with `old`) when a block is returned.
+    pub(crate) unsafe fn shrink_into_own_room(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        keep: usize,
+    ) -> Option<NonNull<[u8]>> {
+        if !large::CAN_RESIZE
+            || large::kind(old.size(), old.align()) != Kind::Huge
+            || new.size() >= old.size()
+            || keep >= HUGE_PAGE
+        {
+            return None;
+        }
+        // The most the new block may take from the limit: a slab for a size
+        // class, its run for a span (a huge one would need a mapping).
+        let (cost, span) = match class_for(new.size(), new.align()) {
+            Some(_) => (SLAB_SIZE, None),
+            None => match large::kind(new.size(), new.align()) {
+                Kind::Span { slabs, step } => (slabs * SLAB_SIZE, Some((slabs, step))),
+                Kind::Huge => return None,
+            },
+        };
+        let small = Layout::from_size_align(keep.max(1), old.align()).ok()?;
+        let whole = {
+            let mut pool = lock(&self.heap.pool);
+            // SAFETY: per contract a live huge block; pool lock held.
+            let (len, lead) = unsafe {
+                let h = huge_header(ptr.as_ptr());
+                ((*h).len, (*h).align)
+            };
+            let freed = len.checked_sub(keep.max(1).next_multiple_of(PAGE) + lead)?;
+            if cost > freed && !pool.fits(cost - freed) {
+                return None;
+            }
+            let room = match span {
+                Some((slabs, step)) => pool.find_span(slabs, step).is_some(),
+                None => pool.has_free_slab(),
+            };
+            if !room {
+                pool.grow(false)?;
+            }
+            if !pool.reserve_room(freed) {
+                return None;
+            }
+            // What the caller was given: all of it stays mapped on failure.
+            Layout::from_size_align(len - lead, old.align()).ok()?
+        };
+        // SAFETY: forwarded contract; a shrink stays in place.
+        let shrunk = unsafe { self.heap.resize_huge_with(ptr, small, false) };
+        let fresh = match shrunk {
+            Ok(Some(_)) => self.allocate(new).ok(),
+            _ => None,
+        };
+        if fresh.is_none() && matches!(shrunk, Ok(Some(_))) {
+            // SAFETY: as above; the room is still held for this thread, so
+            // only the address space could refuse (nothing maps there: it
+            // was ours a moment ago).
+            let back = unsafe { self.heap.resize_huge_with(ptr, whole, false) };
+            debug_assert!(matches!(back, Ok(Some(_))), "a huge block lost its tail");
+        }
+        lock(&self.heap.pool).release_room();
+        fresh
+    }
+
     /// Moves a block to a new layout, copying `keep` bytes.
     ///
     /// # Safety
@@ -244,7 +358,7 @@ impl ArenaState {
             let record = self.checked.take(ptr, old);
             // SAFETY: per contract a live huge block of ours, allocated
             // with `old`, whose alignment `new` shares.
-            match unsafe { self.resize_huge(ptr, new) } {
+            match unsafe { self.heap.resize_huge(ptr, new) } {
                 Ok(Some(block)) => {
                     self.checked.allocated(block, new);
                     asan::unpoison(block.cast::<u8>().as_ptr(), block.len());

@@ -13,14 +13,13 @@
 //! huge blocks unmapped, SuperSlabs to the warm cache.
 
 use crate::cache::{ClassCounters, Counts, SlotChunk, ThreadCache, CHUNKS, INLINE_SLOTS};
-use crate::central::ClassList;
 use crate::checked::Checked;
+use crate::heap::Heap;
 use crate::large;
-use crate::pool::Pool;
 use crate::size_class::NUM_CLASSES;
 use crate::slab::{Use, SLAB_SIZE};
-use crate::superslab::{SuperSlab, META, SUPERSLAB_SIZE};
-use crate::sync::{lock, try_lock, AtomicBool, AtomicPtr, AtomicU64, Mutex, Ordering};
+use crate::superslab::{SuperSlab, META, STATE_OFFSET, SUPERSLAB_SIZE};
+use crate::sync::{lock, try_lock, AtomicPtr, Mutex, Ordering};
 use crate::thread::{self, ThreadRecord};
 use crate::warm;
 use allocator_api2::alloc::AllocError;
@@ -133,45 +132,27 @@ unsafe impl Send for Members {}
 
 /// Everything an arena owns, at a fixed address inside its home SuperSlab.
 ///
-/// Invariants: every SuperSlab of its pool names it as owner; the cache
+/// Invariants: every heap lives in an arena state, as its first field;
+/// every SuperSlab of its pool names the heap as owner; the cache
 /// slot of thread index `t` is used only by the thread holding `t` (see
 /// [`crate::cache`]); a thread whose record lists the arena has a cache in
 /// it (see [`crate::thread`]).
 #[repr(C)]
 pub(crate) struct ArenaState {
+    /// What the arena's threads share behind their caches. First, so that
+    /// a heap's address is its arena's ([`ArenaState::of_heap`]).
+    pub(crate) heap: Heap,
     pub(crate) slots: [AtomicPtr<ThreadCache>; INLINE_SLOTS],
     pub(crate) chunks: [AtomicPtr<SlotChunk>; CHUNKS],
-    pub(crate) classes: [Mutex<ClassList>; NUM_CLASSES],
     pub(crate) members: Mutex<Members>,
     /// The first thread's cache, so a one-thread arena allocates none.
     pub(crate) first_cache: ThreadCache,
-    /// Set when slabs changed other than by a fresh slab handed whole to a
-    /// cache as the first of its class there: a reset must then visit every
-    /// slab; else rewinding the one cache's ranges frees everything.
-    pub(crate) dirty: AtomicBool,
     /// Live blocks, under the `checked` feature (else nothing).
     pub(crate) checked: Checked,
-    /// The memory limit in bytes (`u64::MAX`: none); read under the pool lock.
-    pub(crate) limit: AtomicU64,
-    /// Large blocks (spans and huge): allocations, frees, bytes in use.
-    /// Written under the pool lock (or with the arena owned exclusively),
-    /// read by anyone.
-    pub(crate) large_allocs: AtomicU64,
-    pub(crate) large_frees: AtomicU64,
-    pub(crate) large_bytes: AtomicU64,
-    pub(crate) pool: Mutex<Pool>,
 }
 
-/// Offset of the arena state in its home SuperSlab.
-const STATE_OFFSET: usize = core::mem::size_of::<SuperSlab>().next_multiple_of(64);
+// The state sits in its home SuperSlab's slab 0, after the header.
 const _: () = assert!(STATE_OFFSET + core::mem::size_of::<ArenaState>() <= META);
-
-/// Where blocks may start in a SuperSlab's slab 0: after the header and
-/// the room for an arena state. A mixed slab starts here, so an arena's
-/// first blocks share the state's last page; class slabs start at
-/// [`META`] (their blocks' alignment needs it).
-pub(crate) const BLOCKS_FROM: usize =
-    (STATE_OFFSET + core::mem::size_of::<ArenaState>()).next_multiple_of(64);
 const _: () = assert!(core::mem::align_of::<ArenaState>() <= 64);
 
 /// A memory arena for small and mid-sized objects, usable from any thread.
@@ -323,7 +304,7 @@ impl SmallMidArena {
     /// assert_eq!(smallmid::SmallMidArena::new().memory_limit(), usize::MAX);
     /// ```
     pub fn memory_limit(&self) -> usize {
-        self.state().limit.load(Ordering::Relaxed) as usize
+        self.state().heap.limit.load(Ordering::Relaxed) as usize
     }
 }
 
@@ -356,6 +337,21 @@ impl Drop for SmallMidArena {
 }
 
 impl ArenaState {
+    /// The arena whose heap `heap` is (the owner a SuperSlab or a huge
+    /// block names).
+    ///
+    /// # Safety
+    /// `heap` is the owner pointer of a live arena's SuperSlab or huge
+    /// block (so it carries the whole state's provenance); the arena stays
+    /// live while the result is used.
+    #[inline(always)]
+    pub(crate) unsafe fn of_heap<'a>(heap: *const Heap) -> &'a ArenaState {
+        // SAFETY: every heap is the first field of a `repr(C)` arena state
+        // (type invariant): same address; per contract live, with its
+        // provenance.
+        unsafe { &*heap.cast::<ArenaState>() }
+    }
+
     /// Keeps a handle-less arena as this thread's spare (reset), or
     /// destroys it.
     ///
@@ -364,7 +360,7 @@ impl ArenaState {
     unsafe fn recycle_or_destroy(state: *mut ArenaState) {
         // SAFETY: the state is live until destroyed (contract).
         let a = unsafe { &*state };
-        let small = lock(&a.pool).superslabs <= MAX_SPARE_SUPERSLABS;
+        let small = lock(&a.heap.pool).superslabs <= MAX_SPARE_SUPERSLABS;
         if small && thread::current_tid() != thread::DEAD {
             // SAFETY: exclusive (contract).
             unsafe { a.reset_all() };
@@ -384,7 +380,7 @@ impl ArenaState {
             // they go with no free SuperSlab and within a budget.
             let superslabs = {
                 // SAFETY: as above.
-                let mut pool = lock(unsafe { &(*left).pool });
+                let mut pool = lock(unsafe { &(*left).heap.pool });
                 pool.release_free_superslabs();
                 pool.superslabs
             };
@@ -499,7 +495,7 @@ impl ArenaState {
                 }
             }
         }
-        if self.limited() {
+        if self.heap.limited() {
             // Under a limit, slabs kept in a cache could refuse another
             // thread's allocation (only the holder can return them): keep
             // none.
@@ -508,7 +504,7 @@ impl ArenaState {
         let mut wanted = takers.iter().fold(0, |w, t| w | t.1);
         let mut listed: u64 = 0;
         let mut release: SmallVec<[(*const SuperSlab, usize, bool); 16]> = SmallVec::new();
-        let mut pool = lock(&self.pool);
+        let mut pool = lock(&self.heap.pool);
         // SAFETY: no huge block is used again (contract).
         unsafe { large::unmap_all_huge(&mut pool) };
         pool.clear_mixed();
@@ -599,19 +595,17 @@ impl ArenaState {
         }
         drop(pool);
         while listed != 0 {
-            lock(&self.classes[listed.trailing_zeros() as usize]).clear();
+            lock(&self.heap.classes[listed.trailing_zeros() as usize]).clear();
             listed &= listed - 1;
         }
-        for a in [&self.large_allocs, &self.large_frees, &self.large_bytes] {
-            a.store(0, Ordering::Relaxed);
-        }
+        self.heap.zero_large();
         self.checked.clear();
         // Clean again unless idle caches hold slabs too.
         let own = self.own_cache();
         let others = takers
             .iter()
             .any(|t| own.is_none_or(|o| !core::ptr::eq(t.0, o)));
-        self.dirty.store(others, Ordering::Relaxed);
+        self.heap.dirty.store(others, Ordering::Relaxed);
     }
 
     /// The reset of a clean arena whose only cache is the calling thread's:
@@ -620,7 +614,7 @@ impl ArenaState {
     /// # Safety
     /// As for [`Self::reset_all`].
     unsafe fn rewind_clean(&self) -> bool {
-        if self.dirty.load(Ordering::Relaxed) || self.limited() {
+        if self.heap.dirty.load(Ordering::Relaxed) || self.heap.limited() {
             return false;
         }
         let Some(c) = self.own_cache() else {
@@ -629,7 +623,7 @@ impl ArenaState {
         let mut m = lock(&self.members);
         // Again under the lock: an exiting thread flushes (and marks the
         // arena dirty) before it retires its cache under this lock.
-        if m.caches != 1 || self.dirty.load(Ordering::Relaxed) {
+        if m.caches != 1 || self.heap.dirty.load(Ordering::Relaxed) {
             return false;
         }
         // SAFETY: our own cache; clean, so its ranges are whole slabs.
@@ -640,16 +634,9 @@ impl ArenaState {
         }
         m.zero();
         drop(m);
-        for a in [&self.large_allocs, &self.large_frees, &self.large_bytes] {
-            a.store(0, Ordering::Relaxed);
-        }
+        self.heap.zero_large();
         self.checked.clear();
         true
-    }
-
-    /// Whether the arena has a memory limit.
-    pub(crate) fn limited(&self) -> bool {
-        self.limit.load(Ordering::Relaxed) != u64::MAX
     }
 
     /// The calling thread's cache here, if attached.
@@ -673,7 +660,7 @@ impl ArenaState {
             a.detach(u32::MAX); // every cache, the calling thread's too
             a.free_caches(&mut lock(&a.members));
             let superslabs = {
-                let mut pool = lock(&a.pool);
+                let mut pool = lock(&a.heap.pool);
                 large::unmap_all_huge(&mut pool);
                 pool.forget_all_resident();
                 pool.all_superslabs()
@@ -681,7 +668,8 @@ impl ArenaState {
             core::ptr::drop_in_place(state);
             for ss in &superslabs {
                 // Everything but the headers: a block used after the drop is caught.
-                crate::asan::poison(ss.as_ptr().add(BLOCKS_FROM), SUPERSLAB_SIZE - BLOCKS_FROM);
+                let from = (*ss.as_ptr().cast::<SuperSlab>()).blocks_from;
+                crate::asan::poison(ss.as_ptr().add(from), SUPERSLAB_SIZE - from);
             }
             warm::release(&superslabs);
         }
@@ -780,25 +768,23 @@ impl Builder {
             thread::count_live(1);
             return Ok(SmallMidArena { state });
         }
-        let base = warm::acquire(false).ok_or(AllocError)?.as_ptr(); // an arena's first: sparse
-                                                                     // SAFETY: the SuperSlab is ours; the state fits in its META area
-                                                                     // (asserted above) right after the header.
+        // An arena's first SuperSlab: sparse (not huge-paged).
+        let base = warm::acquire(false).ok_or(AllocError)?.as_ptr();
+        // SAFETY: the SuperSlab is ours; the state fits in its META area
+        // (asserted above) right after the header.
         unsafe {
             let state = base.add(STATE_OFFSET).cast::<ArenaState>();
-            let home = SuperSlab::init(base, state);
+            // Raw projections: the owner pointers keep the provenance of
+            // the whole state, so `of_heap` may reach past the heap.
+            let heap = core::ptr::addr_of_mut!((*state).heap);
+            let home = SuperSlab::init(base, heap, core::mem::size_of::<ArenaState>());
             state.write(ArenaState {
+                heap: Heap::new(heap, home, self.memory_limit),
                 slots: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
                 chunks: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
-                classes: core::array::from_fn(|_| Mutex::new(ClassList::new())),
                 members: Mutex::new(Members::new()),
                 first_cache: ThreadCache::new(state),
-                dirty: AtomicBool::new(false),
                 checked: Checked::new(),
-                limit: AtomicU64::new(self.memory_limit as u64),
-                large_allocs: AtomicU64::new(0),
-                large_frees: AtomicU64::new(0),
-                large_bytes: AtomicU64::new(0),
-                pool: Mutex::new(Pool::new(state, home)),
             });
             let first = &(*state).first_cache as *const ThreadCache as *mut ThreadCache;
             lock(&(*state).members).idle.push(first);
@@ -924,13 +910,13 @@ fn take_spare(limit: usize) -> Option<NonNull<ArenaState>> {
     let p = own.or_else(Spares::take)?;
     // SAFETY: spares are live until destroyed.
     let a = unsafe { p.as_ref() };
-    let unlimited = limit == usize::MAX && a.limit.load(Ordering::Relaxed) == u64::MAX;
+    let unlimited = limit == usize::MAX && a.heap.limit.load(Ordering::Relaxed) == u64::MAX;
     if !unlimited {
-        a.limit.store(limit as u64, Ordering::Relaxed);
+        a.heap.limit.store(limit as u64, Ordering::Relaxed);
         // SAFETY: a spare: no handle, nobody else holds it. Under a limit
         // the reset keeps no slab in any cache, and frees spare SuperSlabs.
         unsafe { a.reset_all() };
-        let mut pool = lock(&a.pool);
+        let mut pool = lock(&a.heap.pool);
         pool.release_free_superslabs();
         if pool.held_bytes() > limit {
             drop(pool);

@@ -63,8 +63,8 @@ impl SmallMidArena {
     pub fn audit(&self) -> Audit {
         let st = self.state();
         let members = lock(&st.members);
-        let lists: Vec<_> = st.classes.iter().map(lock).collect();
-        let pool = lock(&st.pool);
+        let lists: Vec<_> = st.heap.classes.iter().map(lock).collect();
+        let pool = lock(&st.heap.pool);
         let mut a = Audit {
             per_class: [0; NUM_CLASSES],
             blocks_out: 0,
@@ -81,10 +81,13 @@ impl SmallMidArena {
             // SAFETY: pool lock held; the header is live.
             let mask = unsafe { SuperSlab::links(ss, |l| l.free_mask) };
             // SAFETY: as above.
-            let owner = unsafe { (*ss).arena };
+            let owner = unsafe { (*ss).owner };
             // SAFETY: pool lock held; the header is live.
             a.huge_paged += usize::from(unsafe { SuperSlab::links(ss, |l| l.huge_paged) });
-            assert!(core::ptr::eq(owner, st), "SuperSlab owned by another arena");
+            assert!(
+                core::ptr::eq(owner, &st.heap),
+                "SuperSlab owned by another arena"
+            );
             for idx in 0..SLABS {
                 let free_bit = mask & (1 << idx) != 0;
                 // SAFETY: the header is live.

@@ -77,13 +77,13 @@ impl ArenaState {
         let huge = class_for(layout.size(), layout.align()).is_none()
             && large::kind(layout.size(), layout.align()) == Kind::Huge;
         // SAFETY: per contract the block and so its header are live; the
-        // arena outlives its blocks.
+        // arena outlives its blocks; the header names its heap.
         unsafe {
-            if huge {
-                &*(*huge_header(ptr.as_ptr())).arena
+            ArenaState::of_heap(if huge {
+                (*huge_header(ptr.as_ptr())).owner
             } else {
-                &*(*SuperSlab::of(addr)).arena
-            }
+                (*SuperSlab::of(addr)).owner
+            })
         }
     }
 }

@@ -644,7 +644,8 @@ impl ArenaState {
         };
         if flush {
             m.fold(&c.counters, touched);
-            self.fold_span_counts(c);
+            let (allocs, frees, bytes) = c.spans.read(true);
+            self.heap.fold_large(allocs, frees, bytes);
         } else {
             c.spans.read(true);
             c.forget_kept();
@@ -695,10 +696,10 @@ impl ArenaState {
     pub(crate) unsafe fn retire_own(&self, m: &mut Members, tid: u32) -> bool {
         match self.slot(tid as usize, false) {
             Some(slot) => {
-                lock(&self.pool).begin_retire();
+                lock(&self.heap.pool).begin_retire();
                 // SAFETY: the caller owns the cache in its own slot.
                 let had = unsafe { self.retire(m, slot, tid, true) }.is_some();
-                lock(&self.pool).end_retire();
+                lock(&self.heap.pool).end_retire();
                 had
             }
             None => false,
@@ -866,7 +867,7 @@ impl ArenaState {
     #[inline(never)]
     fn alloc_small_slow(&self, class: usize) -> Option<NonNull<u8>> {
         let Some(c) = self.cache_or_create() else {
-            let b = NonNull::new(self.alloc_one(class)?);
+            let b = NonNull::new(self.heap.alloc_one(class)?);
             lock(&self.members).count_orphan(class, 1, 0);
             return b;
         };
@@ -899,7 +900,7 @@ impl ArenaState {
                 if class < MIXED_CLASSES
                     && !i.mix.end.is_null()
                     && i.mix.classes.count_ones() >= BURST_CLASSES
-                    && !self.limited()
+                    && !self.heap.limited()
                     && burst(i.mix.end)
                 {
                     // Used up by an allocation burst of many sizes: packing
@@ -912,12 +913,13 @@ impl ArenaState {
                     // Once blocks come back, class slabs recycle them.
                     let m = core::mem::replace(&mut i.mix, NO_MIX);
                     i.touched |= m.classes;
-                    self.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
+                    self.heap
+                        .put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
                 }
                 if class < MIXED_CLASSES && i.mix.end.is_null() {
-                    let fresh = !i.mix.taken || self.limited();
+                    let fresh = !i.mix.taken || self.heap.limited();
                     i.mix.taken = true;
-                    if let Some((start, end)) = self.take_mixed(fresh) {
+                    if let Some((start, end)) = self.heap.take_mixed(fresh) {
                         bump(&counters.refills, 1);
                         // A fresh range keeps a clean arena clean: it is a
                         // whole slab this cache can rewind.
@@ -929,7 +931,7 @@ impl ArenaState {
                     }
                 }
                 let l = &mut i.lists[class];
-                let batch = self.refill(class, tid, !l.end.is_null())?;
+                let batch = self.heap.refill(class, tid, !l.end.is_null())?;
                 bump(&counters.refills, 1);
                 Some(match batch {
                     Batch::List { head, count } => {
@@ -991,7 +993,7 @@ impl ArenaState {
         let Some(c) = self.cache_or_create() else {
             lock(&self.members).count_orphan(class, 0, 1);
             // SAFETY: forwarded contract.
-            return unsafe { self.free_one(class, b) };
+            return unsafe { self.heap.free_one(class, b) };
         };
         let counters = &c.counters[class];
         bump(&counters.frees, 1);
@@ -1016,7 +1018,7 @@ impl ArenaState {
                     let (head, count) = (l.head, l.count);
                     l.head = null_mut();
                     l.count = 0;
-                    let (cross, rest) = self.flush(class, head, n, tid);
+                    let (cross, rest) = self.heap.flush(class, head, n, tid);
                     l.head = rest;
                     l.count = count - n;
                     bump(&counters.flushes, 1);
@@ -1057,23 +1059,24 @@ impl ArenaState {
                     if !taken.end.is_null() {
                         // A whole slab leaves the cache's sight (even a used
                         // up one): a clean rewind could no longer free it.
-                        self.mark_dirty();
+                        self.heap.mark_dirty();
                     }
                     if taken.count > 0 {
-                        let (cross, _) = self.flush(class, taken.head, taken.count, tid);
+                        let (cross, _) = self.heap.flush(class, taken.head, taken.count, tid);
                         bump(&c.counters[class].cross, cross as u64);
                         i.touched |= 1 << class;
                     }
-                    self.put_range(class, taken.bump, taken.end);
+                    self.heap.put_range(class, taken.bump, taken.end);
                 }
                 let taken = i.mix.taken;
                 let m = core::mem::replace(&mut i.mix, Mix { taken, ..NO_MIX });
                 i.touched |= m.classes;
-                self.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
+                self.heap
+                    .put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
             });
             // Counted as freed when they were kept.
             // Kept spans are ours and unused (the enclosing SAFETY).
-            c.take_kept(|p| self.release_kept_span(p));
+            c.take_kept(|p| self.heap.release_kept_span(p));
         }
     }
 
@@ -1091,7 +1094,7 @@ impl ArenaState {
         for p in spans {
             // SAFETY: taken from a cache: a span of ours nobody uses,
             // counted as freed when it was kept.
-            unsafe { self.release_kept_span(p) };
+            unsafe { self.heap.release_kept_span(p) };
         }
     }
 }

@@ -12,12 +12,12 @@
 //! class with a block available (`SlabState::available`). A slab whose last
 //! block comes back leaves the class and returns to the pool at once.
 
-use crate::arena::ArenaState;
+use crate::heap::Heap;
 use crate::pool::{Pool, MAX_MIXED};
 use crate::size_class::{CLASS_ALIGN, CLASS_SIZE};
 use crate::slab::{next_of, set_next, Batch, Slab, SlabState, Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META};
-use crate::sync::{lock, Ordering};
+use crate::sync::lock;
 use core::ptr::{null, null_mut};
 
 /// Head of one class's list of slabs with blocks available.
@@ -87,7 +87,7 @@ pub(crate) fn slab_of(b: *mut u8) -> (*const SuperSlab, usize, *const Slab) {
     (ss, idx, slab)
 }
 
-impl ArenaState {
+impl Heap {
     /// Gets a slab with blocks for `class` on the list, from the pool if
     /// needed. Class lock held by the caller (`list`).
     fn class_slab(&self, list: &mut ClassList, class: usize) -> Option<*const Slab> {
@@ -111,13 +111,6 @@ impl ArenaState {
         // SAFETY: class lock held (contract); the slab was free, on no list.
         unsafe { (*slab).with(|s| init_slab(s, ss, idx, class)) };
         Some(slab)
-    }
-
-    /// Notes that slabs changed other than by handing a fresh slab whole to
-    /// a cache: the next reset must visit every slab.
-    #[inline]
-    pub(crate) fn mark_dirty(&self) {
-        self.dirty.store(true, Ordering::Relaxed);
     }
 
     /// Takes a slab's reusable blocks of `class` for a front cache: the
@@ -274,7 +267,7 @@ impl ArenaState {
     }
 }
 
-impl ArenaState {
+impl Heap {
     /// A mixed range for a front cache: a remainder another cache gave
     /// back, else (with `fresh`) a free slab laid out as a mixed slab,
     /// whole. `None` when there is no remainder and no fresh slab may be
@@ -414,7 +407,8 @@ fn blocks_start(ss: *const SuperSlab, idx: usize, align: usize) -> *mut u8 {
 pub(crate) fn mixed_range(ss: *const SuperSlab, idx: usize) -> (*mut u8, *mut u8) {
     let slab = SuperSlab::slab_start(ss, idx);
     let skip = if idx == 0 {
-        crate::arena::BLOCKS_FROM
+        // SAFETY: a live header (the caller holds one of its slabs).
+        unsafe { (*ss).blocks_from }
     } else {
         0
     };

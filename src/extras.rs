@@ -3,7 +3,7 @@
 
 use crate::arena::SmallMidArena;
 use crate::slab::SLAB_SIZE;
-use crate::superslab::SUPERSLAB_SIZE;
+use crate::superslab::{SuperSlab, SUPERSLAB_SIZE};
 use crate::sync::{lock, Ordering};
 use allocator_api2::alloc::AllocError;
 
@@ -45,7 +45,7 @@ impl SmallMidArena {
     /// # drop((b, c));
     /// ```
     pub fn allocated_bytes(&self) -> usize {
-        lock(&self.state().pool).held_bytes()
+        lock(&self.state().heap.pool).held_bytes()
     }
 
     /// Changes the memory limit at run time (bumpalo's
@@ -81,7 +81,7 @@ impl SmallMidArena {
             // Spans threads keep are freed memory: back to the pool (a
             // limited arena keeps none).
             st.reclaim_kept_spans();
-            if lock(&st.pool).held_bytes() > bytes {
+            if lock(&st.heap.pool).held_bytes() > bytes {
                 // Blocks this thread caches keep their slabs busy: return
                 // them (takes class locks and the pool lock, so not under it).
                 self.flush_thread_cache();
@@ -92,13 +92,13 @@ impl SmallMidArena {
         } else {
             bytes as u64
         };
-        let pool = lock(&st.pool);
+        let pool = lock(&st.heap.pool);
         if pool.held_bytes() > bytes {
             return Err(AllocError);
         }
         // The limit is read under the pool lock: stored under it, no
         // allocation sees the new value with the old holdings.
-        st.limit.store(limit, Ordering::Relaxed);
+        st.heap.limit.store(limit, Ordering::Relaxed);
         Ok(())
     }
 
@@ -121,13 +121,13 @@ impl SmallMidArena {
     /// ```
     pub fn contains(&self, ptr: *const u8) -> bool {
         let addr = ptr as usize;
-        let pool = lock(&self.state().pool);
+        let pool = lock(&self.state().heap.pool);
         let base = addr & !(SUPERSLAB_SIZE - 1);
-        let in_superslab = addr - base >= crate::arena::BLOCKS_FROM
-            && pool
-                .all_superslabs()
-                .iter()
-                .any(|ss| ss.as_ptr() as usize == base);
+        let in_superslab = pool.all_superslabs().iter().any(|ss| {
+            // SAFETY: a SuperSlab of ours (pool lock held): a live header.
+            ss.as_ptr() as usize == base
+                && addr - base >= unsafe { (*ss.as_ptr().cast::<SuperSlab>()).blocks_from }
+        });
         in_superslab || crate::large::huge_contains(&pool, addr)
     }
 
@@ -159,11 +159,11 @@ impl SmallMidArena {
     /// ```
     pub fn reserve(&self, bytes: usize) -> Result<(), AllocError> {
         let want = bytes.div_ceil(SUPERSLAB_SIZE);
-        let mut pool = lock(&self.state().pool);
+        let mut pool = lock(&self.state().heap.pool);
         let Some(more) = want.checked_sub(pool.superslabs).filter(|&m| m > 0) else {
             return Ok(());
         };
-        if bytes > MAX_RESERVE || bytes as u64 > self.state().limit.load(Ordering::Relaxed) {
+        if bytes > MAX_RESERVE || bytes as u64 > self.state().heap.limit.load(Ordering::Relaxed) {
             return Err(AllocError);
         }
         for _ in 0..more {

@@ -19,15 +19,13 @@
 //! and every size between a request and the returned length gives the same
 //! kind, so `deallocate` with any fitting layout finds the block.
 
-use crate::arena::ArenaState;
-use crate::cache::ThreadCache;
+use crate::heap::Heap;
 use crate::huge_cache;
 use crate::os::{self, HUGE_PAGE, PAGE};
 use crate::pool::Pool;
-use crate::size_class::class_for;
 use crate::slab::SLAB_SIZE;
 use crate::superslab::{SuperSlab, SLABS};
-use crate::sync::{bump, lock};
+use crate::sync::lock;
 use allocator_api2::alloc::AllocError;
 use core::alloc::Layout;
 use core::ptr::{null_mut, NonNull};
@@ -65,12 +63,13 @@ pub(crate) fn kind(size: usize, align: usize) -> Kind {
 /// Header of a huge block, at `block - HEADER_GAP`.
 #[derive(Debug)]
 pub(crate) struct HugeHeader {
-    pub(crate) arena: *const ArenaState,
+    /// The heap the block belongs to.
+    pub(crate) owner: *const Heap,
     /// The mapping: `[base, base + len)`, aligned to `map_align`; the block
     /// starts at `base + align`.
     base: NonNull<u8>,
     pub(crate) len: usize,
-    align: usize,
+    pub(crate) align: usize,
     map_align: usize,
     prev: *mut HugeHeader,
     next: *mut HugeHeader,
@@ -95,20 +94,12 @@ pub(crate) unsafe fn huge_header(block: *mut u8) -> *mut HugeHeader {
     core::ptr::with_exposed_provenance_mut(block as usize - HEADER_GAP)
 }
 
-impl ArenaState {
+impl Heap {
     /// Allocates a block that no size class serves.
     pub(crate) fn alloc_large(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         self.mark_dirty();
         match kind(layout.size(), layout.align()) {
             Kind::Span { slabs, step } => {
-                // A span this thread freed (aligned to at least one slab):
-                // no pool lock. Even under a limit (set after it was kept):
-                // it is held already.
-                if step == 1 {
-                    if let Some(p) = self.take_kept_span(slabs) {
-                        return Ok(NonNull::slice_from_raw_parts(p, slabs * SLAB_SIZE));
-                    }
-                }
                 let mut pool = lock(&self.pool);
                 let dense = pool.doubles(layout.size());
                 pool.last_large = layout.size();
@@ -203,7 +194,7 @@ impl ArenaState {
         // the pool's list (pool lock held).
         unsafe {
             header.write(HugeHeader {
-                arena: self,
+                owner: pool.heap(),
                 base,
                 len,
                 align: lead,
@@ -231,13 +222,7 @@ impl ArenaState {
     pub(crate) unsafe fn free_large(&self, ptr: NonNull<u8>, layout: Layout) {
         let addr = ptr.as_ptr() as usize;
         match kind(layout.size(), layout.align()) {
-            Kind::Span { slabs, step } => {
-                // Only spans a later request can take (those aligned to
-                // more are kept for no one).
-                // SAFETY: per contract a live span of ours, unused now.
-                if step == 1 && !self.limited() && unsafe { self.keep_span(ptr.as_ptr(), slabs) } {
-                    return;
-                }
+            Kind::Span { .. } => {
                 let (ss, idx) = (SuperSlab::of(addr), SuperSlab::slab_index(addr));
                 let mut pool = lock(&self.pool);
                 // SAFETY: per contract the span is ours and unused now.
@@ -248,7 +233,7 @@ impl ArenaState {
                 // SAFETY: per contract `ptr` is a live huge block of ours.
                 let h = unsafe { huge_header(ptr.as_ptr()) };
                 // SAFETY: as above, the header is live.
-                let owner = unsafe { (*h).arena };
+                let owner = unsafe { (*h).owner };
                 assert!(
                     core::ptr::eq(owner, self),
                     "smallmid: huge block {ptr:p} freed into an arena that does not own it"
@@ -309,7 +294,7 @@ impl ArenaState {
     ///
     /// # Safety
     /// As for [`Self::resize_huge`].
-    unsafe fn resize_huge_with(
+    pub(crate) unsafe fn resize_huge_with(
         &self,
         ptr: NonNull<u8>,
         new: Layout,
@@ -318,7 +303,7 @@ impl ArenaState {
         // SAFETY: per contract `ptr` is a live huge block.
         let h = unsafe { huge_header(ptr.as_ptr()) };
         // SAFETY: as above, the header is live.
-        let owner = unsafe { (*h).arena };
+        let owner = unsafe { (*h).owner };
         assert!(
             core::ptr::eq(owner, self),
             "smallmid: huge block {ptr:p} resized through an arena that does not own it"
@@ -403,94 +388,10 @@ impl ArenaState {
         Ok(Some(NonNull::slice_from_raw_parts(block, usable)))
     }
 
-    /// Shrinks a huge block into a smaller kind of block when the limit
-    /// has no room for the copy: the block's own mapping is the room. The
-    /// mapping is shrunk in place to `keep` bytes, the freed room held for
-    /// this thread, `new` allocated; if that still fails, the mapping gets
-    /// its whole length back in place (the room was held) and the block is
-    /// as before. The tail goes only once the new block surely fits: the
-    /// room it may take is checked, and a SuperSlab with room for it added
-    /// first (address space, which the limit does not count), so no system
-    /// call comes between (barring another thread taking that room
-    /// meanwhile). `None`: not a huge block, no `mremap`, or no room anyway.
-    ///
-    /// # Safety
-    /// `ptr` is a live huge block of this arena allocated with `old`;
-    /// `keep <= new.size()`, and the caller copies `keep` bytes and frees
-    /// `ptr` (with `old`) when a block is returned.
-    pub(crate) unsafe fn shrink_into_own_room(
-        &self,
-        ptr: NonNull<u8>,
-        old: Layout,
-        new: Layout,
-        keep: usize,
-    ) -> Option<NonNull<[u8]>> {
-        if !CAN_RESIZE
-            || kind(old.size(), old.align()) != Kind::Huge
-            || new.size() >= old.size()
-            || keep >= HUGE_PAGE
-        {
-            return None;
-        }
-        // The most the new block may take from the limit: a slab for a size
-        // class, its run for a span (a huge one would need a mapping).
-        let (cost, span) = match class_for(new.size(), new.align()) {
-            Some(_) => (SLAB_SIZE, None),
-            None => match kind(new.size(), new.align()) {
-                Kind::Span { slabs, step } => (slabs * SLAB_SIZE, Some((slabs, step))),
-                Kind::Huge => return None,
-            },
-        };
-        let small = Layout::from_size_align(keep.max(1), old.align()).ok()?;
-        let whole = {
-            let mut pool = lock(&self.pool);
-            // SAFETY: per contract a live huge block; pool lock held.
-            let (len, lead) = unsafe {
-                let h = huge_header(ptr.as_ptr());
-                ((*h).len, (*h).align)
-            };
-            let freed = len.checked_sub(keep.max(1).next_multiple_of(PAGE) + lead)?;
-            if cost > freed && !pool.fits(cost - freed) {
-                return None;
-            }
-            let room = match span {
-                Some((slabs, step)) => pool.find_span(slabs, step).is_some(),
-                None => pool.has_free_slab(),
-            };
-            if !room {
-                pool.grow(false)?;
-            }
-            if !pool.reserve_room(freed) {
-                return None;
-            }
-            // What the caller was given: all of it stays mapped on failure.
-            Layout::from_size_align(len - lead, old.align()).ok()?
-        };
-        // SAFETY: forwarded contract; a shrink stays in place.
-        let shrunk = unsafe { self.resize_huge_with(ptr, small, false) };
-        let fresh = match shrunk {
-            Ok(Some(_)) => self.allocate(new).ok(),
-            _ => None,
-        };
-        if fresh.is_none() && matches!(shrunk, Ok(Some(_))) {
-            // SAFETY: as above; the room is still held for this thread, so
-            // only the address space could refuse (nothing maps there: it
-            // was ours a moment ago).
-            let back = unsafe { self.resize_huge_with(ptr, whole, false) };
-            debug_assert!(matches!(back, Ok(Some(_))), "a huge block lost its tail");
-        }
-        lock(&self.pool).release_room();
-        fresh
-    }
-
-    /// Counts large allocations, frees and the change in bytes in use.
-    /// The pool lock (`_held`) serializes every writer, so each counter is
-    /// a load and a store, not an atomic read-modify-write (4 of which
-    /// were a sixth of a span's allocation and free).
     /// Gives a span a cache kept (counted as freed then) back to the pool.
     ///
     /// # Safety
-    /// `p` starts a span of this arena that no one uses.
+    /// `p` starts a span of this heap that no one uses.
     pub(crate) unsafe fn release_kept_span(&self, p: *mut u8) {
         let addr = p as usize;
         let mut pool = lock(&self.pool);
@@ -498,20 +399,13 @@ impl ArenaState {
         unsafe { pool.release_span(SuperSlab::of(addr), SuperSlab::slab_index(addr), true) };
     }
 
-    /// Moves what a retiring cache's kept spans counted into the arena's
-    /// large counters.
-    pub(crate) fn fold_span_counts(&self, c: &ThreadCache) {
-        let (allocs, frees, bytes) = c.spans.read(true);
+    /// Adds what a retiring cache's kept spans counted (allocations, frees,
+    /// change of bytes in use, wrapping) to the large counters.
+    pub(crate) fn fold_large(&self, allocs: u64, frees: u64, bytes: u64) {
         if allocs | frees | bytes != 0 {
             let mut pool = lock(&self.pool);
             self.count_large(&mut pool, allocs, frees, bytes as i64);
         }
-    }
-
-    fn count_large(&self, _held: &mut Pool, allocs: u64, frees: u64, bytes: i64) {
-        bump(&self.large_allocs, allocs);
-        bump(&self.large_frees, frees);
-        bump(&self.large_bytes, bytes as u64);
     }
 }
 

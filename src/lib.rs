@@ -18,6 +18,7 @@ mod central;
 mod checked;
 pub mod collections;
 mod extras;
+mod heap;
 mod huge_cache;
 mod large;
 mod os;

@@ -39,7 +39,7 @@
 //! the faults to fill them again); they go back with their whole
 //! SuperSlab, through the warm cache.
 
-use crate::arena::ArenaState;
+use crate::heap::Heap;
 use crate::large::HugeHeader;
 use crate::os;
 use crate::slab::Use;
@@ -86,7 +86,8 @@ const MAX_SPARE: usize = 1;
 
 #[derive(Debug)]
 pub(crate) struct Pool {
-    arena: *const ArenaState,
+    /// The heap this pool is part of (its limit is read through it).
+    heap: *const Heap,
     home: *const SuperSlab,
     all: *const SuperSlab,
     avail: *const SuperSlab,
@@ -126,10 +127,11 @@ impl Pool {
     /// A pool whose only SuperSlab is `home`, already initialized.
     ///
     /// # Safety
-    /// `home` is a live SuperSlab header owned by `arena`.
-    pub(crate) unsafe fn new(arena: *const ArenaState, home: *const SuperSlab) -> Pool {
+    /// `home` is a live SuperSlab header owned by `heap`, and the pool
+    /// lives inside `heap`.
+    pub(crate) unsafe fn new(heap: *const Heap, home: *const SuperSlab) -> Pool {
         let mut pool = Pool {
-            arena,
+            heap,
             home,
             all: null(),
             avail: null(),
@@ -194,10 +196,16 @@ impl Pool {
         self.used * SLAB_SIZE + self.huge_bytes
     }
 
-    /// The arena's limit (`u64::MAX`: none).
+    /// The heap this pool is part of, as owners name it (see
+    /// [`crate::heap`]).
+    pub(crate) fn heap(&self) -> *const Heap {
+        self.heap
+    }
+
+    /// The heap's limit (`u64::MAX`: none).
     fn limit(&self) -> u64 {
-        // SAFETY: the pool lives inside its arena's state.
-        unsafe { (*self.arena).limit.load(Ordering::Relaxed) }
+        // SAFETY: the pool lives inside its heap (contract of `new`).
+        unsafe { (*self.heap).limit.load(Ordering::Relaxed) }
     }
 
     /// Whether `bytes` more may be used under the arena's limit by the
@@ -333,7 +341,7 @@ impl Pool {
         let dense = (dense || self.superslabs >= DENSE_SUPERSLABS) && !limited;
         let base = warm::acquire(dense)?;
         // SAFETY: `acquire` hands out an unused, aligned SuperSlab.
-        let ss = unsafe { SuperSlab::init(base.as_ptr(), self.arena) };
+        let ss = unsafe { SuperSlab::init(base.as_ptr(), self.heap, 0) };
         // SAFETY: a fresh header of ours, not shared yet.
         unsafe { SuperSlab::links(ss, |l| l.huge_paged = dense && os::HUGE_PAGES) };
         // SAFETY: fresh header of this arena, on no list.

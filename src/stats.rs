@@ -139,9 +139,9 @@ impl SmallMidArena {
             // Under the same lock: a retiring cache folds its span counts
             // into these under it, so they are counted once.
             large = (
-                st.large_allocs.load(Ordering::Relaxed),
-                st.large_frees.load(Ordering::Relaxed),
-                st.large_bytes.load(Ordering::Relaxed),
+                st.heap.large_allocs.load(Ordering::Relaxed),
+                st.heap.large_frees.load(Ordering::Relaxed),
+                st.heap.large_bytes.load(Ordering::Relaxed),
             );
             m.caches as u64
         };
@@ -159,7 +159,7 @@ impl SmallMidArena {
         classes.retain(|s| s.allocs > 0 || s.frees > 0);
         let (large_allocs, large_frees) = (large.0 + kept.0, large.1 + kept.1);
         let large_bytes = large.2.wrapping_add(kept.2);
-        let pool = lock(&st.pool);
+        let pool = lock(&st.heap.pool);
         Stats {
             bytes_in_use: bytes_in_use + large_bytes,
             blocks_in_use: blocks_in_use + large_allocs.saturating_sub(large_frees),

@@ -2,13 +2,14 @@
 //!
 //! Its header sits at the region's first bytes, inside slab 0, so the header
 //! of any block is found by masking the block's address. The header holds
-//! the owning arena (fixed while the arena holds the SuperSlab), the pool's
-//! bookkeeping (protected by the arena's pool lock) and the 16 slab records.
+//! the owning heap (fixed while the heap holds the SuperSlab), the pool's
+//! bookkeeping (protected by the heap's pool lock) and the 16 slab records.
 //! The first [`META`] bytes of slab 0 are reserved for the header and, in an
-//! arena's first ("home") SuperSlab, the arena's own state; slab 0 serves
-//! small classes after that, and never large spans.
+//! arena's first ("home") SuperSlab, the arena's own state (at
+//! [`STATE_OFFSET`]); slab 0 serves small classes after that, and never
+//! large spans.
 
-use crate::arena::ArenaState;
+use crate::heap::Heap;
 use crate::slab::{Slab, SLAB_SIZE};
 use crate::sync::UnsafeCell;
 use core::ptr::null;
@@ -46,22 +47,34 @@ pub(crate) struct PoolLinks {
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct SuperSlab {
-    /// The owning arena; written before the SuperSlab is shared, then fixed.
-    pub(crate) arena: *const ArenaState,
+    /// The owning heap; written before the SuperSlab is shared, then fixed.
+    pub(crate) owner: *const Heap,
+    /// Where a mixed slab 0 starts: past the header and whatever state the
+    /// owner keeps here (see [`Self::init`]). Fixed.
+    pub(crate) blocks_from: usize,
     pub(crate) links: UnsafeCell<PoolLinks>,
     pub(crate) slabs: [Slab; SLABS],
 }
 
 impl SuperSlab {
-    /// Writes a fresh header for `arena` at `base`, every slab free.
+    /// Writes a fresh header for `owner` at `base`, every slab free, with
+    /// room for `state` bytes of the owner's at [`STATE_OFFSET`]: blocks
+    /// of a mixed slab 0 start right after them, so an arena's first
+    /// blocks share its state's last page.
+    ///
+    /// # Panics
+    /// If the state does not fit in [`META`].
     ///
     /// # Safety
     /// `base` is a SuperSlab-aligned mapping of [`SUPERSLAB_SIZE`] bytes that
     /// nothing else uses.
-    pub(crate) unsafe fn init(base: *mut u8, arena: *const ArenaState) -> *const SuperSlab {
+    pub(crate) unsafe fn init(base: *mut u8, owner: *const Heap, state: usize) -> *const SuperSlab {
+        let blocks_from = (STATE_OFFSET + state).next_multiple_of(64);
+        assert!(blocks_from <= META, "an owner's state fits in META");
         let ss = base.cast::<SuperSlab>();
         let header = SuperSlab {
-            arena,
+            owner,
+            blocks_from,
             links: UnsafeCell::new(PoolLinks {
                 free_mask: ALL_FREE,
                 resident: 0,
@@ -110,5 +123,8 @@ impl SuperSlab {
         unsafe { (*ss).links.with_mut(|l| f(&mut *l)) }
     }
 }
+
+/// Where an owner's state may sit in slab 0 (see [`SuperSlab::init`]).
+pub(crate) const STATE_OFFSET: usize = core::mem::size_of::<SuperSlab>().next_multiple_of(64);
 
 const _: () = assert!(core::mem::size_of::<SuperSlab>() <= META / 2);
