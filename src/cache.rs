@@ -1,48 +1,29 @@
-//! The per-thread front cache: one per (thread, arena), found through the
-//! thread's dense index in the arena's slot table.
+//! The front cache of one thread in one arena: per size class a free list
+//! and a bump range of uncarved blocks, a mixed range, and a few kept
+//! spans. It works on the [`Heap`] it is given and knows nothing of the
+//! arena around it: which thread's cache serves an allocation, and what
+//! becomes of a cache when its thread exits or the arena is reset, is the
+//! arena's (see [`crate::arena`]).
 //!
-//! A thread-local holds only the thread's index, never a pointer into an
-//! arena, so nothing dangles when an arena is dropped. The arena keeps a
-//! table of cache pointers indexed by thread index: 64 inline slots, then
-//! chunks of 64 made on demand, up to [`MAX_TIDS`] threads alive at once;
-//! threads past that (and threads whose thread-locals are already gone)
-//! use the central lists directly, correct but slower.
+//! A full list flushes half of itself to the central lists; an empty one
+//! refills a batch. The cache also keeps a few spans (large blocks of one
+//! to [`SPAN_MAX`] slabs) its thread freed, for the thread's next spans of
+//! the same length: a ring of I/O buffers then takes no pool lock. Caches
+//! are metadata on the global heap (an arena's first one sits inside the
+//! arena state), never blocks of the arena's own slabs, so a retired
+//! cache pins nothing: its blocks go back to their slabs, its counters are
+//! folded into the arena's, and it waits idle for the next thread.
 //!
-//! Each cache holds, per size class, a free list and a bump range of
-//! uncarved blocks. A full list flushes half of itself to the central
-//! lists; an empty one refills a batch. It also keeps a few spans (large
-//! blocks of one to [`SPAN_MAX`] slabs) its thread freed, for the thread's
-//! next spans of the same length: a ring of I/O buffers then takes no
-//! pool lock. Caches are metadata on the global
-//! heap (the arena's first one sits inside the arena state), never blocks
-//! of the arena's own slabs, so a retired cache pins nothing: when its
-//! thread exits (see [`crate::thread`]) or the arena is reset or dropped,
-//! the cache is retired: its blocks go back to their slabs, its counters
-//! are folded into the arena's, and its memory is freed.
-//!
-//! Invariant: a cache's lists are touched only by the thread whose index
-//! names its slot, or by whoever owns the arena exclusively (reset, drop);
-//! its blocks are counted as `used` by their slabs. A slot changes (a cache
-//! attached or retired) only under the arena's members lock.
+//! Invariant: a cache's lists are touched only by its owning thread, or
+//! by whoever owns the arena exclusively (reset, drop); its blocks are
+//! counted as `used` by their slabs.
 
-use crate::arena::{ArenaState, Members};
+use crate::heap::Heap;
 use crate::size_class::{CACHE_CAP, CLASS_ALIGN, CLASS_SIZE, NUM_CLASSES};
 use crate::slab::{next_of, set_next, Batch, MIXED_MAX, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META};
-use crate::sync::{bump, lock, store_against_swaps, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
-use crate::thread::{self, ThreadRecord};
+use crate::sync::{bump, store_against_swaps, AtomicPtr, AtomicU64, Ordering, UnsafeCell};
 use core::ptr::{null_mut, NonNull};
-use smallvec::SmallVec;
-
-/// Cache slots stored inline in the arena state.
-pub(crate) const INLINE_SLOTS: usize = 64;
-/// Further chunks of 64 slots, made on demand.
-pub(crate) const CHUNKS: usize = 63;
-/// Threads alive at once that get a front cache.
-pub(crate) const MAX_TIDS: usize = INLINE_SLOTS * (CHUNKS + 1);
-
-/// A chunk of cache slots.
-pub(crate) type SlotChunk = [AtomicPtr<ThreadCache>; INLINE_SLOTS];
 
 const EMPTY: ClassCache = ClassCache {
     head: null_mut(),
@@ -249,14 +230,6 @@ impl Counts {
     }
 }
 
-/// Links of a cache in its owner thread's record (see [`crate::thread`]).
-#[derive(Debug)]
-pub(crate) struct Link {
-    pub(crate) prev: *const ThreadCache,
-    pub(crate) next: *const ThreadCache,
-    pub(crate) linked: bool,
-}
-
 /// The front cache of one thread in one arena.
 ///
 /// Lives as long as its arena: attached to a thread's slot, or idle in the
@@ -275,16 +248,10 @@ pub(crate) struct ThreadCache {
     /// or a refused allocation on another thread can reclaim them. A kept
     /// span is still in use for the pool, and counted as freed in `spans`.
     kept: [AtomicPtr<u8>; SPANS],
-    /// The owning thread's record; set when attached (members lock).
-    owner: AtomicPtr<ThreadRecord>,
-    /// The arena the cache belongs to (fixed).
-    pub(crate) arena: *const ArenaState,
-    /// Links in the owner's record list (that record's lock).
-    link: UnsafeCell<Link>,
 }
 
 impl ThreadCache {
-    pub(crate) fn new(arena: *const ArenaState) -> Self {
+    pub(crate) fn new() -> Self {
         ThreadCache {
             inner: UnsafeCell::new(Inner {
                 lists: [EMPTY; NUM_CLASSES],
@@ -296,24 +263,7 @@ impl ThreadCache {
             counters: core::array::from_fn(|_| ClassCounters::default()),
             spans: SpanCounters::default(),
             kept: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
-            owner: AtomicPtr::new(null_mut()),
-            arena,
-            link: UnsafeCell::new(Link {
-                prev: core::ptr::null(),
-                next: core::ptr::null(),
-                linked: false,
-            }),
         }
-    }
-
-    /// Runs `f` on the record links.
-    ///
-    /// # Safety
-    /// The caller holds the lock of the record this cache is (or is about
-    /// to be) linked in.
-    pub(crate) unsafe fn link<R>(&self, f: impl FnOnce(&mut Link) -> R) -> R {
-        // SAFETY: the record lock gives exclusive access (contract).
-        self.link.with_mut(|l| f(unsafe { &mut *l }))
     }
 
     /// # Safety
@@ -524,359 +474,61 @@ impl Inner {
     }
 }
 
-impl ArenaState {
-    /// The slot of thread `tid`, creating its chunk if asked.
-    pub(crate) fn slot(&self, tid: usize, create: bool) -> Option<&AtomicPtr<ThreadCache>> {
-        if tid < INLINE_SLOTS {
-            return Some(&self.slots[tid]);
-        }
-        if tid >= MAX_TIDS {
-            return None;
-        }
-        let cell = &self.chunks[tid / INLINE_SLOTS - 1];
-        let mut chunk = cell.load(Ordering::Acquire);
-        if chunk.is_null() {
-            if !create {
-                return None;
-            }
-            let mem = Box::into_raw(Box::new(core::array::from_fn(|_| {
-                AtomicPtr::new(null_mut())
-            })));
-            match cell.compare_exchange(null_mut(), mem, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => chunk = mem,
-                Err(winner) => {
-                    // SAFETY: our chunk was never published.
-                    drop(unsafe { Box::from_raw(mem) });
-                    chunk = winner;
-                }
-            }
-        }
-        // SAFETY: published chunks live as long as the arena.
-        Some(unsafe { &(*chunk)[tid % INLINE_SLOTS] })
-    }
-
-    /// This thread's cache in this arena, if it has one.
-    #[inline(always)]
-    fn cache(&self) -> Option<&ThreadCache> {
-        let tid = thread::current_tid() as usize;
-        let slot = if tid < INLINE_SLOTS {
-            &self.slots[tid]
-        } else {
-            self.slot(tid, false)?
-        };
-        // Relaxed: only this thread, or an exclusive owner of the arena
-        // (ordered with us by whatever handed the arena back), writes it.
-        let p = slot.load(Ordering::Relaxed);
-        // SAFETY: an attached cache lives until retired, which only this
-        // thread or an exclusive owner does.
-        (!p.is_null()).then(|| unsafe { &*p })
-    }
-
-    /// Attaches a cache for this thread, unless it cannot have one.
-    #[cold]
-    fn cache_or_create(&self) -> Option<&ThreadCache> {
-        let rec_ptr = thread::current()?;
-        // SAFETY: the thread's own reference keeps its record alive.
-        let rec = unsafe { &*rec_ptr };
-        let tid = rec.tid as usize;
-        let slot = self.slot(tid, true)?;
-        let p = slot.load(Ordering::Relaxed);
-        if !p.is_null() {
-            // SAFETY: as in `cache`.
-            return Some(unsafe { &*p });
-        }
-        let mem = {
-            let mut m = lock(&self.members);
-            let mem = m
-                .idle
-                .pop()
-                .unwrap_or_else(|| Box::into_raw(Box::new(ThreadCache::new(self))));
-            // SAFETY: an idle (retired: empty, zeroed) or fresh cache.
-            unsafe { &*mem }
-                .owner
-                .store(rec_ptr as *mut ThreadRecord, Ordering::Relaxed);
-            m.attached(tid, true);
-            slot.store(mem, Ordering::Release);
-            mem
-        };
-        // SAFETY: caches live as long as the arena.
-        let c = unsafe { &*mem };
-        // Listed after the members lock is released (lock order: record,
-        // then members). Until then only this thread can reach the cache.
-        rec.attach(c);
-        Some(c)
-    }
-
-    /// Retires the cache in `slot`: with `flush`, its blocks and ranges go
-    /// back to their slabs and its counters are folded into the arena's
-    /// (else the caller resets every slab and every counter); it goes idle
-    /// for the next thread.
-    /// Returns its owner, whose reference the cache held.
+impl ThreadCache {
+    /// Pops or carves a block of `class`: the fast path's cache half (see
+    /// [`crate::arena`] for the whole). `None` when the class's list and
+    /// range are empty and the mixed range has no room.
+    ///
+    /// Cost: a pop (a load of the block's link and two stores) or a bump
+    /// (a compare and a store), then a counter (a load and a store).
     ///
     /// # Safety
-    /// `m` is this arena's members lock; the cache's owner is the calling
-    /// thread, or the arena is owned exclusively and its owner cannot run
-    /// its exit for this arena (see [`crate::thread`]).
-    pub(crate) unsafe fn retire(
-        &self,
-        m: &mut Members,
-        slot: &AtomicPtr<ThreadCache>,
-        tid: u32,
-        flush: bool,
-    ) -> Option<*const ThreadRecord> {
-        let p = slot.load(Ordering::Relaxed);
-        if p.is_null() {
-            return None;
-        }
-        // SAFETY: attached caches are live; per contract nobody else uses it.
-        let c = unsafe { &*p };
-        if flush {
-            // SAFETY: as above.
-            unsafe { self.flush_cache(c, tid) };
-        }
-        // SAFETY: as above.
-        let touched = unsafe {
-            c.with(|i| {
-                i.want_mix = !flush && i.had_mixed();
-                i.want = if flush { 0 } else { i.ranged() };
-                i.clear()
+    /// Called by the thread owning this cache, not reentrantly.
+    #[inline(always)]
+    pub(crate) unsafe fn alloc(&self, class: usize) -> Option<NonNull<u8>> {
+        // SAFETY: the owner (contract); blocks on its list are free.
+        let b = unsafe {
+            self.with(|i| {
+                let l = &mut i.lists[class];
+                let b = l.head;
+                if !b.is_null() {
+                    l.head = next_of(b);
+                    l.count -= 1;
+                    b
+                } else if l.bump < l.end {
+                    let b = l.bump;
+                    l.bump = b.add(CLASS_SIZE[class] as usize);
+                    b
+                } else {
+                    i.carve(class)
+                }
             })
         };
-        if flush {
-            m.fold(&c.counters, touched);
-            let (allocs, frees, bytes) = c.spans.read(true);
-            self.heap.fold_large(allocs, frees, bytes);
-        } else {
-            c.spans.read(true);
-            c.forget_kept();
-            // A detach for a reset or a drop: what it counted goes anyway.
-            let mut t = touched;
-            while t != 0 {
-                c.counters[t.trailing_zeros() as usize].clear();
-                t &= t - 1;
-            }
-        }
-        slot.store(null_mut(), Ordering::Release);
-        m.attached(tid as usize, false);
-        m.idle.push(p);
-        Some(c.owner.swap(null_mut(), Ordering::Relaxed))
+        let b = NonNull::new(b)?;
+        bump(&self.counters[class].allocs, 1);
+        Some(b)
     }
 
-    /// Moves the calling thread's cache, ranges and all, to the idle list:
-    /// the arena then holds no thread's cache, and the next thread to use
-    /// it (any thread: it is going to the shared spares) takes this one,
-    /// warm. Its ranges stay reclaimable there (`flush_current_thread`).
+    /// Allocates a block of `class` when [`Self::alloc`] found none: a
+    /// mixed range, else a batch refilled from `heap`'s central list (or a
+    /// fresh slab's range). `None` when the heap is out of memory.
     ///
     /// # Safety
-    /// The arena is owned exclusively and was just reset (zero counters).
-    pub(crate) unsafe fn park_own(&self) {
-        let tid = thread::current_tid() as usize;
-        let Some((c, rec)) = self.attached_at(&lock(&self.members), tid) else {
-            return;
-        };
-        // SAFETY: our own record (alive: we run) and cache (alive with the
-        // arena); lock order record, then members.
-        unsafe { (*rec).forget(&*c) };
-        let mut m = lock(&self.members);
-        let slot = self.slot(tid, false).expect("slot of an attached cache");
-        slot.store(null_mut(), Ordering::Release);
-        m.attached(tid, false);
-        // SAFETY: as above.
-        unsafe { (*c).owner.store(null_mut(), Ordering::Relaxed) };
-        m.idle.push(c as *mut ThreadCache);
-        drop(m);
-        // SAFETY: the reference the attached cache held.
-        unsafe { ThreadRecord::unref(rec) };
-    }
-
-    /// Retires the calling (exiting) thread's cache; whether there was one.
-    ///
-    /// # Safety
-    /// `m` is this arena's members lock; `tid` is the caller's index.
-    pub(crate) unsafe fn retire_own(&self, m: &mut Members, tid: u32) -> bool {
-        match self.slot(tid as usize, false) {
-            Some(slot) => {
-                lock(&self.heap.pool).begin_retire();
-                // SAFETY: the caller owns the cache in its own slot.
-                let had = unsafe { self.retire(m, slot, tid, true) }.is_some();
-                lock(&self.heap.pool).end_retire();
-                had
-            }
-            None => false,
-        }
-    }
-
-    /// Calls `f(tid, cache)` for every attached cache (members lock held).
-    pub(crate) fn for_each_cache(&self, m: &Members, mut f: impl FnMut(usize, &ThreadCache)) {
-        let mut visit = |tid: usize, slot: &AtomicPtr<ThreadCache>| {
-            let p = slot.load(Ordering::Acquire);
-            if !p.is_null() {
-                // SAFETY: caches live as long as the arena.
-                f(tid, unsafe { &*p });
-            }
-        };
-        let mut inline = m.inline;
-        while inline != 0 {
-            let t = inline.trailing_zeros() as usize;
-            inline &= inline - 1;
-            visit(t, &self.slots[t]);
-        }
-        if m.chunked == 0 {
-            return;
-        }
-        for (k, chunk) in self.chunks.iter().enumerate() {
-            let chunk = chunk.load(Ordering::Acquire);
-            if !chunk.is_null() {
-                // SAFETY: published chunks live as long as the arena.
-                let chunk = unsafe { &*chunk };
-                for (i, s) in chunk.iter().enumerate() {
-                    visit((k + 1) * INLINE_SLOTS + i, s);
-                }
-            }
-        }
-    }
-
-    /// The cache in thread `tid`'s slot and its owner (members lock).
-    pub(crate) fn attached_at(
-        &self,
-        _m: &Members,
-        tid: usize,
-    ) -> Option<(*const ThreadCache, *const ThreadRecord)> {
-        let p = self.slot(tid, false)?.load(Ordering::Relaxed);
-        if p.is_null() {
-            return None;
-        }
-        // SAFETY: caches live as long as the arena.
-        let owner = unsafe { (*p).owner.load(Ordering::Relaxed) };
-        Some((p as *const _, owner as *const _))
-    }
-
-    /// Frees the caches and slot chunks (the arena is being destroyed, every
-    /// cache retired).
-    pub(crate) fn free_caches(&self, m: &mut Members) {
-        debug_assert_eq!(m.caches, 0);
-        for p in m.idle.drain(..) {
-            if !core::ptr::eq(p, &self.first_cache) {
-                // SAFETY: came from `Box::into_raw` in `cache_or_create`;
-                // retired, so no slot or record holds it.
-                drop(unsafe { Box::from_raw(p) });
-            }
-        }
-        self.free_chunks();
-    }
-
-    fn free_chunks(&self) {
-        for cell in &self.chunks {
-            let p = cell.swap(null_mut(), Ordering::Relaxed);
-            if !p.is_null() {
-                // SAFETY: came from `Box::into_raw` in `slot`; unpublished now.
-                drop(unsafe { Box::from_raw(p) });
-            }
-        }
-    }
-
-    /// Resizes block `b` from class `from` to `to` in place, if it is the
-    /// last one this thread's cache carved from its mixed range and the
-    /// range has room. Both classes are at most [`MIXED_MAX`].
-    ///
-    /// # Safety
-    /// `b` is a live block of this arena of class `from`; on `true` it is
-    /// a block of class `to`.
-    pub(crate) unsafe fn resize_small_in_place(&self, b: *mut u8, from: usize, to: usize) -> bool {
-        if from >= MIXED_CLASSES || to >= MIXED_CLASSES {
-            return false;
-        }
-        let Some(c) = self.cache() else {
-            return false;
-        };
-        // SAFETY: this thread owns its cache; a live block at the carve
-        // point was carved by it (blocks of other ranges or epochs cannot
-        // end at its bump pointer inside its range).
-        if !unsafe { c.with(|i| i.resize_tail(b, from, to)) } {
-            return false;
-        }
-        bump(&c.counters[from].frees, 1);
-        bump(&c.counters[to].allocs, 1);
-        true
-    }
-
-    /// A span of `k` slabs this thread freed and kept, if any (the arena
-    /// has no limit: under one, a kept span would hold room that another
-    /// thread's allocation may need).
-    pub(crate) fn take_kept_span(&self, k: usize) -> Option<NonNull<u8>> {
-        let c = self.cache()?;
-        let p = c.pop_kept(k)?;
-        bump(&c.spans.allocs, 1);
-        bump(&c.spans.bytes, (k * SLAB_SIZE) as u64);
-        NonNull::new(p)
-    }
-
-    /// Keeps freed span `p` of `k` slabs for this thread's next span of
-    /// that length; `false` if the cache has no room (or the thread none).
-    ///
-    /// # Safety
-    /// `p` is a live span of `k` slabs of this arena, not used afterwards.
-    pub(crate) unsafe fn keep_span(&self, p: *mut u8, k: usize) -> bool {
-        let Some(c) = self.cache().or_else(|| self.cache_or_create()) else {
-            return false;
-        };
-        if !c.push_kept(p, k) {
-            return false;
-        }
-        bump(&c.spans.frees, 1);
-        bump(&c.spans.bytes, (k * SLAB_SIZE).wrapping_neg() as u64);
-        true
-    }
-
-    /// Allocates a block of `class`.
-    ///
-    /// Fast path, the common case: one thread-relative load (the index), one
-    /// load of the arena's slot, then a pop (a load of the block's link and
-    /// two stores) or a bump (a compare and a store). No atomic
-    /// read-modify-write, no lock, no call.
-    #[inline(always)]
-    pub(crate) fn alloc_small(&self, class: usize) -> Option<NonNull<u8>> {
-        if let Some(c) = self.cache() {
-            // SAFETY: this thread owns its cache; blocks on its list are free.
-            let b = unsafe {
-                c.with(|i| {
-                    let l = &mut i.lists[class];
-                    let b = l.head;
-                    if !b.is_null() {
-                        l.head = next_of(b);
-                        l.count -= 1;
-                        b
-                    } else if l.bump < l.end {
-                        let b = l.bump;
-                        l.bump = b.add(CLASS_SIZE[class] as usize);
-                        b
-                    } else {
-                        i.carve(class)
-                    }
-                })
-            };
-            if let Some(b) = NonNull::new(b) {
-                bump(&c.counters[class].allocs, 1);
-                return Some(b);
-            }
-        }
-        self.alloc_small_slow(class)
-    }
-
+    /// As for [`Self::alloc`]; `heap` is the heap of the cache's arena and
+    /// `tid` the owner's thread index.
     #[cold]
     #[inline(never)]
-    fn alloc_small_slow(&self, class: usize) -> Option<NonNull<u8>> {
-        let Some(c) = self.cache_or_create() else {
-            let b = NonNull::new(self.heap.alloc_one(class)?);
-            lock(&self.members).count_orphan(class, 1, 0);
-            return b;
-        };
+    pub(crate) unsafe fn alloc_slow(
+        &self,
+        heap: &Heap,
+        class: usize,
+        tid: u32,
+    ) -> Option<NonNull<u8>> {
         let size = CLASS_SIZE[class] as usize;
-        let counters = &c.counters[class];
-        let tid = thread::current_tid();
-        // SAFETY: this thread owns its cache; refilled blocks are free.
+        let counters = &self.counters[class];
+        // SAFETY: the owner (contract); refilled blocks are free.
         let b = unsafe {
-            c.with(|i| {
+            self.with(|i| {
                 let l = &mut i.lists[class];
                 if l.bump < l.end {
                     let b = l.bump;
@@ -900,7 +552,7 @@ impl ArenaState {
                 if class < MIXED_CLASSES
                     && !i.mix.end.is_null()
                     && i.mix.classes.count_ones() >= BURST_CLASSES
-                    && !self.heap.limited()
+                    && !heap.limited()
                     && burst(i.mix.end)
                 {
                     // Used up by an allocation burst of many sizes: packing
@@ -913,13 +565,12 @@ impl ArenaState {
                     // Once blocks come back, class slabs recycle them.
                     let m = core::mem::replace(&mut i.mix, NO_MIX);
                     i.touched |= m.classes;
-                    self.heap
-                        .put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
+                    heap.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
                 }
                 if class < MIXED_CLASSES && i.mix.end.is_null() {
-                    let fresh = !i.mix.taken || self.heap.limited();
+                    let fresh = !i.mix.taken || heap.limited();
                     i.mix.taken = true;
-                    if let Some((start, end)) = self.heap.take_mixed(fresh) {
+                    if let Some((start, end)) = heap.take_mixed(fresh) {
                         bump(&counters.refills, 1);
                         // A fresh range keeps a clean arena clean: it is a
                         // whole slab this cache can rewind.
@@ -931,7 +582,7 @@ impl ArenaState {
                     }
                 }
                 let l = &mut i.lists[class];
-                let batch = self.heap.refill(class, tid, !l.end.is_null())?;
+                let batch = heap.refill(class, tid, !l.end.is_null())?;
                 bump(&counters.refills, 1);
                 Some(match batch {
                     Batch::List { head, count } => {
@@ -952,55 +603,48 @@ impl ArenaState {
         b
     }
 
-    /// Frees a block of `class`.
-    ///
-    /// Fast path: the same two loads as allocation, a compare with the
-    /// class's capacity, then a push (two stores and the count).
+    /// Pushes block `b` of `class` on its list if the list has room: the
+    /// fast path's cache half. Cost: a compare with the class's capacity,
+    /// then a push (two stores and the count) and a counter.
     ///
     /// # Safety
-    /// `b` is a live block of `class` from this arena, not used afterwards.
+    /// As for [`Self::alloc`]; `b` is a live block of `class` of the
+    /// cache's arena, not used afterwards if this returns `true`.
     #[inline(always)]
-    pub(crate) unsafe fn free_small(&self, class: usize, b: *mut u8) {
-        if let Some(c) = self.cache() {
-            // SAFETY: this thread owns its cache; `b` is ours to link.
-            let done = unsafe {
-                c.with(|i| {
-                    let l = &mut i.lists[class];
-                    if l.count < l.cap {
-                        set_next(b, l.head);
-                        l.head = b;
-                        l.count += 1;
-                        true
-                    } else {
-                        false
-                    }
-                })
-            };
-            if done {
-                bump(&c.counters[class].frees, 1);
-                return;
-            }
+    pub(crate) unsafe fn free(&self, class: usize, b: *mut u8) -> bool {
+        // SAFETY: the owner (contract); `b` is ours to link.
+        let done = unsafe {
+            self.with(|i| {
+                let l = &mut i.lists[class];
+                if l.count < l.cap {
+                    set_next(b, l.head);
+                    l.head = b;
+                    l.count += 1;
+                    true
+                } else {
+                    false
+                }
+            })
+        };
+        if done {
+            bump(&self.counters[class].frees, 1);
         }
-        // SAFETY: forwarded contract.
-        unsafe { self.free_small_slow(class, b) }
+        done
     }
 
+    /// Frees block `b` of `class` when [`Self::free`] found the list full
+    /// (or the class untouched): half the list flushes to `heap` first.
+    ///
     /// # Safety
-    /// As for [`Self::free_small`].
+    /// As for [`Self::alloc_slow`]; `b` as for [`Self::free`].
     #[cold]
     #[inline(never)]
-    unsafe fn free_small_slow(&self, class: usize, b: *mut u8) {
-        let Some(c) = self.cache_or_create() else {
-            lock(&self.members).count_orphan(class, 0, 1);
-            // SAFETY: forwarded contract.
-            return unsafe { self.heap.free_one(class, b) };
-        };
-        let counters = &c.counters[class];
+    pub(crate) unsafe fn free_slow(&self, heap: &Heap, class: usize, b: *mut u8, tid: u32) {
+        let counters = &self.counters[class];
         bump(&counters.frees, 1);
-        let tid = thread::current_tid();
-        // SAFETY: this thread owns its cache; the flushed blocks are free.
+        // SAFETY: the owner (contract); the flushed blocks are free.
         unsafe {
-            c.with(|i| {
+            self.with(|i| {
                 i.touched |= 1 << class;
                 let l = &mut i.lists[class];
                 l.cap = CACHE_CAP[class];
@@ -1018,7 +662,7 @@ impl ArenaState {
                     let (head, count) = (l.head, l.count);
                     l.head = null_mut();
                     l.count = 0;
-                    let (cross, rest) = self.heap.flush(class, head, n, tid);
+                    let (cross, rest) = heap.flush(class, head, n, tid);
                     l.head = rest;
                     l.count = count - n;
                     bump(&counters.flushes, 1);
@@ -1031,71 +675,126 @@ impl ArenaState {
         }
     }
 
-    /// Returns what the calling thread's cache holds to the arena, and the
-    /// ranges a reset left in idle caches for threads that may come back.
-    pub(crate) fn flush_current_thread(&self) {
-        if let Some(c) = self.cache() {
-            // SAFETY: this thread owns its cache.
-            unsafe { self.flush_cache(c, thread::current_tid()) };
-        }
-        let m = lock(&self.members);
-        for &p in &m.idle {
-            // SAFETY: idle caches belong to the arena; under the members
-            // lock no thread can take one meanwhile.
-            unsafe { self.flush_cache(&*p, u32::MAX) };
-        }
-    }
-
-    /// Returns every block, range and kept span a cache holds to the arena.
+    /// Returns every block, range and kept span the cache holds to `heap`.
     ///
     /// # Safety
-    /// The caller owns the cache (see the type invariant); `tid` names it.
-    unsafe fn flush_cache(&self, c: &ThreadCache, tid: u32) {
+    /// The caller owns the cache (see the type invariant); `tid` names it;
+    /// `heap` is its arena's.
+    pub(crate) unsafe fn flush(&self, heap: &Heap, tid: u32) {
         // SAFETY: per contract; what the cache holds is free and ours.
         unsafe {
-            c.with(|i| {
+            self.with(|i| {
                 for (class, l) in i.lists.iter_mut().enumerate() {
                     let taken = core::mem::replace(l, EMPTY);
                     if !taken.end.is_null() {
                         // A whole slab leaves the cache's sight (even a used
                         // up one): a clean rewind could no longer free it.
-                        self.heap.mark_dirty();
+                        heap.mark_dirty();
                     }
                     if taken.count > 0 {
-                        let (cross, _) = self.heap.flush(class, taken.head, taken.count, tid);
-                        bump(&c.counters[class].cross, cross as u64);
+                        let (cross, _) = heap.flush(class, taken.head, taken.count, tid);
+                        bump(&self.counters[class].cross, cross as u64);
                         i.touched |= 1 << class;
                     }
-                    self.heap.put_range(class, taken.bump, taken.end);
+                    heap.put_range(class, taken.bump, taken.end);
                 }
                 let taken = i.mix.taken;
                 let m = core::mem::replace(&mut i.mix, Mix { taken, ..NO_MIX });
                 i.touched |= m.classes;
-                self.heap
-                    .put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
+                heap.put_mixed(m.bump, m.end, m.acct as u32, (m.acct >> 32) as u32);
             });
             // Counted as freed when they were kept.
             // Kept spans are ours and unused (the enclosing SAFETY).
-            c.take_kept(|p| self.heap.release_kept_span(p));
+            self.take_kept(|p| heap.release_kept_span(p));
         }
     }
 
-    /// Gives back to the pool the spans every thread's cache keeps (a
-    /// memory limit set, or an allocation refused: kept spans must not
-    /// hold room that allocations need). Takes the members lock.
-    pub(crate) fn reclaim_kept_spans(&self) {
-        let mut spans: SmallVec<[*mut u8; 16]> = SmallVec::new();
-        {
-            let m = lock(&self.members);
-            // The members lock keeps the caches attached; their owners may
-            // keep and take meanwhile (see `ThreadCache::kept`).
-            self.for_each_cache(&m, |_, c| c.take_kept(|p| spans.push(p)));
+    /// Empties the cache for the next thread: with `flush`, its blocks and
+    /// ranges go back to `heap` and what it counted is returned (its
+    /// counters, for classes in the mask, and its spans' counts, zeroed
+    /// by the caller's fold); else its contents are forgotten (the caller
+    /// resets every slab) and noted for the next reset (`want`), its
+    /// counters zeroed. Returns the classes counted.
+    ///
+    /// # Safety
+    /// The caller owns the cache (its thread, or the arena exclusively);
+    /// `tid` names it; `heap` is its arena's.
+    pub(crate) unsafe fn empty(&self, heap: &Heap, tid: u32, flush: bool) -> u64 {
+        if flush {
+            // SAFETY: forwarded contract.
+            unsafe { self.flush(heap, tid) };
         }
-        for p in spans {
-            // SAFETY: taken from a cache: a span of ours nobody uses,
-            // counted as freed when it was kept.
-            unsafe { self.heap.release_kept_span(p) };
+        // SAFETY: forwarded contract.
+        let touched = unsafe {
+            self.with(|i| {
+                i.want_mix = !flush && i.had_mixed();
+                i.want = if flush { 0 } else { i.ranged() };
+                i.clear()
+            })
+        };
+        if flush {
+            let (allocs, frees, bytes) = self.spans.read(true);
+            heap.fold_large(allocs, frees, bytes);
+        } else {
+            self.spans.read(true);
+            self.forget_kept();
+            // A detach for a reset or a drop: what it counted goes anyway.
+            self.clear_counters(touched);
         }
+        touched
+    }
+
+    /// Zeroes the counters of the classes in `classes` (writer excluded).
+    pub(crate) fn clear_counters(&self, mut classes: u64) {
+        while classes != 0 {
+            self.counters[classes.trailing_zeros() as usize].clear();
+            classes &= classes - 1;
+        }
+    }
+
+    /// Resizes block `b` from class `from` to `to` in place, if it is the
+    /// last one the cache carved from its mixed range and the range has
+    /// room.
+    ///
+    /// # Safety
+    /// As for [`Self::alloc`]; `b` is a live block of class `from` of the
+    /// cache's arena; on `true` it is a block of class `to`.
+    pub(crate) unsafe fn resize_in_place(&self, b: *mut u8, from: usize, to: usize) -> bool {
+        if from >= MIXED_CLASSES || to >= MIXED_CLASSES {
+            return false;
+        }
+        // SAFETY: the owner (contract); a live block at the carve point was
+        // carved by this cache (blocks of other ranges or epochs cannot end
+        // at its bump pointer inside its range).
+        if !unsafe { self.with(|i| i.resize_tail(b, from, to)) } {
+            return false;
+        }
+        bump(&self.counters[from].frees, 1);
+        bump(&self.counters[to].allocs, 1);
+        true
+    }
+
+    /// A span of `k` slabs the cache kept, if any (owner only).
+    pub(crate) fn take_span(&self, k: usize) -> Option<NonNull<u8>> {
+        let p = self.pop_kept(k)?;
+        bump(&self.spans.allocs, 1);
+        bump(&self.spans.bytes, (k * SLAB_SIZE) as u64);
+        NonNull::new(p)
+    }
+
+    /// Keeps freed span `p` of `k` slabs for the owner's next span of that
+    /// length; `false` if the cache has no room (owner only).
+    ///
+    /// # Safety
+    /// `p` is a live span of `k` slabs of the cache's arena, not used
+    /// afterwards if this returns `true`.
+    pub(crate) unsafe fn keep_span(&self, p: *mut u8, k: usize) -> bool {
+        if !self.push_kept(p, k) {
+            return false;
+        }
+        bump(&self.spans.frees, 1);
+        bump(&self.spans.bytes, (k * SLAB_SIZE).wrapping_neg() as u64);
+        true
     }
 }
 

@@ -118,7 +118,7 @@ impl Heap {
     /// range of a fresh slab. `None` when the pool is out of memory.
     ///
     /// `had_range`: the cache already took a whole slab of this class, so
-    /// a second one makes the arena dirty (see [`crate::arena`]).
+    /// a second one makes the heap dirty (see [`Heap::dirty`]).
     pub(crate) fn refill(&self, class: usize, taker: u32, had_range: bool) -> Option<Batch> {
         let mut list = lock(&self.classes[class]);
         let slab = if list.head.is_null() {

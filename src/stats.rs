@@ -130,10 +130,10 @@ impl SmallMidArena {
                 add(c, r);
             }
             st.for_each_cache(&m, |_, cache| {
-                for (c, k) in cache.counters.iter().enumerate() {
+                for (c, k) in cache.cache.counters.iter().enumerate() {
                     add(c, k.read());
                 }
-                let (a, f, b) = cache.spans.read(false);
+                let (a, f, b) = cache.cache.spans.read(false);
                 kept = (kept.0 + a, kept.1 + f, kept.2.wrapping_add(b));
             });
             // Under the same lock: a retiring cache folds its span counts

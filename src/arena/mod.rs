@@ -1,10 +1,17 @@
 //! `SmallMidArena`: the handle users hold, the state it points to, and the
-//! arena's whole life in one place: create, reset, recycle, destroy.
+//! arena's whole life in one place: create, reset, recycle, destroy here;
+//! the threads that use it, their caches and the paths that start at them
+//! in [`members`]; thread exit in [`threads`].
+//!
+//! The arena composes the lower layers, which know nothing of it: its
+//! [`Heap`] (central lists, pool, large blocks), and per thread a
+//! [`ThreadCache`]. Dependencies run one way: `arena` -> `cache` -> `heap`
+//! -> `central`, `large`, `pool` -> `superslab`, `slab`, `os`.
 //!
 //! # Recycling
 //! Dropping a handle frees every block at once. An arena of at most
 //! [`MAX_SPARE_SUPERSLABS`] SuperSlabs is then reset in place (whichever
-//! threads used it: their caches are detached, see [`crate::thread`]) and
+//! threads used it: their caches are detached, see [`threads`]) and
 //! kept as the dropping thread's spare; the next `SmallMidArena::new()` on
 //! that thread takes it with no lock and no system call. Reset keeps one
 //! slab per size class the dropping thread's cache used, whole, as that
@@ -12,141 +19,46 @@
 //! is a bump. Larger arenas, and spares a thread replaces, are destroyed:
 //! huge blocks unmapped, SuperSlabs to the warm cache.
 
-use crate::cache::{ClassCounters, Counts, SlotChunk, ThreadCache, CHUNKS, INLINE_SLOTS};
+use crate::cache::ThreadCache;
 use crate::checked::Checked;
 use crate::heap::Heap;
 use crate::large;
-use crate::size_class::NUM_CLASSES;
 use crate::slab::{Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META, STATE_OFFSET, SUPERSLAB_SIZE};
 use crate::sync::{lock, try_lock, AtomicPtr, Mutex, Ordering};
-use crate::thread::{self, ThreadRecord};
+use crate::thread;
 use crate::warm;
 use allocator_api2::alloc::AllocError;
 use core::fmt;
 use core::ptr::{null_mut, NonNull};
 use smallvec::SmallVec;
 
+mod members;
+mod threads;
+pub(crate) use members::{Link, Member, Members, MAX_TIDS};
+use members::{SlotChunk, CHUNKS, INLINE_SLOTS};
+use threads::ThreadRecord;
+
 /// Largest arena kept as a spare, in SuperSlabs.
 const MAX_SPARE_SUPERSLABS: usize = 4;
-
-/// Which caches an arena has, and what retired ones counted (members lock).
-///
-/// Invariants: `caches` equals the number of non-null slots, `inline` has
-/// bit `t` set iff slot `t < 64` is, `chunked` counts the rest; every cache
-/// the arena made is attached or in `idle` (retired: empty, counters
-/// zeroed); `retired[c]` is zero (or not there) unless bit `c` of
-/// `touched` is set.
-#[derive(Debug)]
-pub(crate) struct Members {
-    pub(crate) caches: usize,
-    pub(crate) inline: u64,
-    pub(crate) chunked: usize,
-    /// Retired caches, for the next thread that needs one.
-    pub(crate) idle: SmallVec<[*mut ThreadCache; 2]>,
-    /// On the heap, made when first needed: the arena state must fit the
-    /// home SuperSlab's header area, and most arenas (one thread, dropped
-    /// or reset whole) never retire a cache with counts (2 KiB saved per
-    /// arena: 100,000 small arenas hold 200 MB less).
-    retired: Option<Box<[Counts; NUM_CLASSES]>>,
-    touched: u64,
-}
-
-impl Members {
-    fn new() -> Self {
-        Members {
-            caches: 0,
-            inline: 0,
-            chunked: 0,
-            idle: SmallVec::new(),
-            retired: None,
-            touched: 0,
-        }
-    }
-
-    /// Notes the slot of `tid` gaining (`true`) or losing a cache.
-    pub(crate) fn attached(&mut self, tid: usize, on: bool) {
-        if on {
-            self.caches += 1;
-        } else {
-            self.caches -= 1;
-        }
-        if tid < INLINE_SLOTS {
-            self.inline ^= 1 << tid;
-        } else if on {
-            self.chunked += 1;
-        } else {
-            self.chunked -= 1;
-        }
-    }
-
-    /// The retired counts, made on first use.
-    fn retired_mut(&mut self) -> &mut [Counts; NUM_CLASSES] {
-        self.retired
-            .get_or_insert_with(|| Box::new([Counts::default(); NUM_CLASSES]))
-    }
-
-    /// Moves a retiring cache's counters (classes in `touched`) here.
-    pub(crate) fn fold(&mut self, counters: &[ClassCounters; NUM_CLASSES], mut touched: u64) {
-        if touched == 0 {
-            return;
-        }
-        self.touched |= touched;
-        let retired = self.retired_mut();
-        while touched != 0 {
-            let c = touched.trailing_zeros() as usize;
-            touched &= touched - 1;
-            retired[c].add(counters[c].take());
-        }
-    }
-
-    /// Counts what a thread without a cache did.
-    pub(crate) fn count_orphan(&mut self, class: usize, allocs: u64, frees: u64) {
-        self.touched |= 1 << class;
-        let r = &mut self.retired_mut()[class];
-        r.allocs += allocs;
-        r.frees += frees;
-        r.refills += allocs; // each one missed a cache
-    }
-
-    /// What retired caches and cacheless threads counted for `class`.
-    pub(crate) fn retired(&self, class: usize) -> Counts {
-        self.retired
-            .as_ref()
-            .map_or_else(Counts::default, |r| r[class])
-    }
-
-    fn zero(&mut self) {
-        let Some(retired) = self.retired.as_mut() else {
-            return;
-        };
-        while self.touched != 0 {
-            retired[self.touched.trailing_zeros() as usize] = Counts::default();
-            self.touched &= self.touched - 1;
-        }
-    }
-}
-
-// SAFETY: the raw cache pointers are only used under the members lock.
-unsafe impl Send for Members {}
 
 /// Everything an arena owns, at a fixed address inside its home SuperSlab.
 ///
 /// Invariants: every heap lives in an arena state, as its first field;
 /// every SuperSlab of its pool names the heap as owner; the cache
 /// slot of thread index `t` is used only by the thread holding `t` (see
-/// [`crate::cache`]); a thread whose record lists the arena has a cache in
-/// it (see [`crate::thread`]).
+/// [`members`]); a thread whose record lists the arena has a cache in
+/// it (see [`threads`]).
 #[repr(C)]
 pub(crate) struct ArenaState {
     /// What the arena's threads share behind their caches. First, so that
     /// a heap's address is its arena's ([`ArenaState::of_heap`]).
     pub(crate) heap: Heap,
-    pub(crate) slots: [AtomicPtr<ThreadCache>; INLINE_SLOTS],
+    pub(crate) slots: [AtomicPtr<Member>; INLINE_SLOTS],
     pub(crate) chunks: [AtomicPtr<SlotChunk>; CHUNKS],
     pub(crate) members: Mutex<Members>,
-    /// The first thread's cache, so a one-thread arena allocates none.
-    pub(crate) first_cache: ThreadCache,
+    /// The first thread's membership, so a one-thread arena allocates none.
+    pub(crate) first: Member,
     /// Live blocks, under the `checked` feature (else nothing).
     pub(crate) checked: Checked,
 }
@@ -364,7 +276,7 @@ impl ArenaState {
         if small && thread::current_tid() != thread::DEAD {
             // SAFETY: exclusive (contract).
             unsafe { a.reset_all() };
-            let left = match thread::swap_spare(state) {
+            let left = match threads::swap_spare(state) {
                 Ok(old) => old,
                 Err(_) => state,
             };
@@ -395,12 +307,12 @@ impl ArenaState {
     }
 
     /// Detaches the front caches of every thread but `keep`'s (see
-    /// [`crate::thread`] for the protocol).
+    /// [`threads`] for the protocol).
     ///
     /// # Safety
     /// The arena is owned exclusively: no thread allocates or frees in it.
     unsafe fn detach(&self, keep: u32) {
-        type Owner = (usize, *const ThreadCache, *const ThreadRecord);
+        type Owner = (usize, *const Member, *const ThreadRecord);
         let mut owners: SmallVec<[Owner; 8]> = SmallVec::new();
         {
             let m = lock(&self.members);
@@ -414,7 +326,7 @@ impl ArenaState {
                     // SAFETY: an attached cache holds a reference to its
                     // owner, so the record is alive while we pin it.
                     unsafe { (*rec).pin() };
-                    owners.push((tid, c, rec));
+                    owners.push((tid, c as *const Member, rec));
                 }
             });
         }
@@ -466,11 +378,7 @@ impl ArenaState {
         if let Some(c) = self.own_cache() {
             // SAFETY: our own cache.
             let (mix, want, used) = unsafe { c.with(|i| (i.had_mixed(), i.ranged(), i.clear())) };
-            let mut t = used;
-            while t != 0 {
-                c.counters[t.trailing_zeros() as usize].clear();
-                t &= t - 1;
-            }
+            c.clear_counters(used);
             c.spans.read(true);
             c.forget_kept();
             takers.push((c, want, mix));
@@ -480,7 +388,7 @@ impl ArenaState {
             m.zero();
             for &p in &m.idle {
                 // SAFETY: idle caches are the arena's, used by nobody.
-                let c = unsafe { &*p };
+                let c = unsafe { &(*p).cache };
                 // SAFETY: as above.
                 let (want, mix) = unsafe {
                     c.with(|i| {
@@ -627,11 +535,8 @@ impl ArenaState {
             return false;
         }
         // SAFETY: our own cache; clean, so its ranges are whole slabs.
-        let mut t = unsafe { c.with(|i| i.rewind()) };
-        while t != 0 {
-            c.counters[t.trailing_zeros() as usize].clear();
-            t &= t - 1;
-        }
+        let counted = unsafe { c.with(|i| i.rewind()) };
+        c.clear_counters(counted);
         m.zero();
         drop(m);
         self.heap.zero_large();
@@ -641,11 +546,7 @@ impl ArenaState {
 
     /// The calling thread's cache here, if attached.
     fn own_cache(&self) -> Option<&ThreadCache> {
-        let p = self
-            .slot(thread::current_tid() as usize, false)?
-            .load(Ordering::Relaxed);
-        // SAFETY: attached caches live until retired.
-        (!p.is_null()).then(|| unsafe { &*p })
+        self.member().map(|m| &m.cache)
     }
 
     /// Releases an arena: caches detached, huge blocks to the OS,
@@ -783,10 +684,10 @@ impl Builder {
                 slots: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
                 chunks: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
                 members: Mutex::new(Members::new()),
-                first_cache: ThreadCache::new(state),
+                first: Member::new(state),
                 checked: Checked::new(),
             });
-            let first = &(*state).first_cache as *const ThreadCache as *mut ThreadCache;
+            let first = &(*state).first as *const Member as *mut Member;
             lock(&(*state).members).idle.push(first);
             thread::count_live(1);
             Ok(SmallMidArena {
@@ -906,7 +807,7 @@ impl Spares {
 /// A spare arena (this thread's, else a shared one), set to `limit`, if
 /// one fits.
 fn take_spare(limit: usize) -> Option<NonNull<ArenaState>> {
-    let own = thread::swap_spare(null_mut()).ok().and_then(NonNull::new);
+    let own = threads::swap_spare(null_mut()).ok().and_then(NonNull::new);
     let p = own.or_else(Spares::take)?;
     // SAFETY: spares are live until destroyed.
     let a = unsafe { p.as_ref() };
@@ -931,7 +832,7 @@ fn take_spare(limit: usize) -> Option<NonNull<ArenaState>> {
 /// Destroys this thread's spare arena and the shared spares.
 pub(crate) fn release_spares() {
     let mut all = SmallVec::new();
-    if let Ok(p) = thread::swap_spare(null_mut()) {
+    if let Ok(p) = threads::swap_spare(null_mut()) {
         all.push(p);
     }
     Spares::drain(&mut all);
