@@ -745,6 +745,7 @@ impl ThreadCache {
     }
 
     /// Zeroes the counters of the classes in `classes` (writer excluded).
+    #[inline]
     pub(crate) fn clear_counters(&self, mut classes: u64) {
         while classes != 0 {
             self.counters[classes.trailing_zeros() as usize].clear();
@@ -759,6 +760,7 @@ impl ThreadCache {
     /// # Safety
     /// As for [`Self::alloc`]; `b` is a live block of class `from` of the
     /// cache's arena; on `true` it is a block of class `to`.
+    #[inline]
     pub(crate) unsafe fn resize_in_place(&self, b: *mut u8, from: usize, to: usize) -> bool {
         if from >= MIXED_CLASSES || to >= MIXED_CLASSES {
             return false;
@@ -775,6 +777,7 @@ impl ThreadCache {
     }
 
     /// A span of `k` slabs the cache kept, if any (owner only).
+    #[inline]
     pub(crate) fn take_span(&self, k: usize) -> Option<NonNull<u8>> {
         let p = self.pop_kept(k)?;
         bump(&self.spans.allocs, 1);
@@ -788,6 +791,7 @@ impl ThreadCache {
     /// # Safety
     /// `p` is a live span of `k` slabs of the cache's arena, not used
     /// afterwards if this returns `true`.
+    #[inline]
     pub(crate) unsafe fn keep_span(&self, p: *mut u8, k: usize) -> bool {
         if !self.push_kept(p, k) {
             return false;
