@@ -71,6 +71,9 @@ impl SuperSlab {
     pub(crate) unsafe fn init(base: *mut u8, owner: *const Heap, state: usize) -> *const SuperSlab {
         let blocks_from = (STATE_OFFSET + state).next_multiple_of(64);
         assert!(blocks_from <= META, "an owner's state fits in META");
+        // A SuperSlab released by another arena is poisoned past its own
+        // `blocks_from`, which may be less: this owner's state goes there.
+        crate::asan::unpoison(base, blocks_from);
         let ss = base.cast::<SuperSlab>();
         let header = SuperSlab {
             owner,
