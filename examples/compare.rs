@@ -305,6 +305,55 @@ fn churn_sized<P: Peer>(scale: f64, lo: usize, hi: usize, ring_len: usize) -> Op
     Some(run)
 }
 
+/// A long-lived arena whose frees come back in bulk while a few blocks
+/// live on: rounds of 10,000 blocks of 16..=128 B (a parse, a request
+/// handled inside one arena kept for the process); after each round 2% of
+/// its blocks survive into a pool of at most 40,000 (oldest freed first)
+/// and the rest are freed in the order they were made. One op = one
+/// allocation and its free.
+fn survivors<P: Peer>(scale: f64) -> Option<Run> {
+    if !P::FREES {
+        return None;
+    }
+    const ROUND: usize = 10_000;
+    const KEEP: usize = 40_000;
+    let arena = P::new();
+    let a = arena.alloc();
+    let mut sizes = Sizes::new(16, 128, 7);
+    let mut kept: std::collections::VecDeque<(NonNull<u8>, Layout)> =
+        std::collections::VecDeque::with_capacity(KEEP + ROUND);
+    let mut round_blocks: Vec<(NonNull<u8>, Layout)> = Vec::with_capacity(ROUND);
+    let mut rounds = |n: usize| {
+        for _ in 0..n {
+            for _ in 0..ROUND {
+                let l = sizes.next();
+                round_blocks.push((alloc_touch(&a, l), l));
+            }
+            for (i, b) in round_blocks.drain(..).enumerate() {
+                if i % 50 == 0 {
+                    kept.push_back(b);
+                } else {
+                    // SAFETY: allocated from `a` with this layout.
+                    unsafe { a.deallocate(b.0, b.1) };
+                }
+            }
+            while kept.len() > KEEP {
+                let (p, l) = kept.pop_front().unwrap();
+                // SAFETY: as above.
+                unsafe { a.deallocate(p, l) };
+            }
+        }
+    };
+    rounds(20); // warm-up
+    let n = ((400.0 * scale) as usize).max(1);
+    let run = timed((n * ROUND) as u64, || rounds(n));
+    for (p, l) in kept {
+        // SAFETY: as above.
+        unsafe { a.deallocate(p, l) };
+    }
+    Some(run)
+}
+
 /// 200,000 random 256..=1024 B blocks, then drop the arena (bulk release
 /// where the peer can; bumpalo: `reset()` one `Bump`); 20 rounds after one
 /// warm-up round.
@@ -815,7 +864,7 @@ const BOX_PEERS: [&str; 4] = [
 
 // ---------------------------------------------------------------- driver
 
-const WORKLOADS: [(&str, &str); 14] = [
+const WORKLOADS: [(&str, &str); 15] = [
     ("churn", "mimalloc"),
     ("churn-small", "mimalloc"),
     ("churn-large", "mimalloc"),
@@ -830,6 +879,7 @@ const WORKLOADS: [(&str, &str); 14] = [
     ("many-arenas", "bumpalo"),
     ("tiny-arenas", "bumpalo"),
     ("hashmap", "system (glibc)"),
+    ("survivors", "mimalloc heap"),
 ];
 
 fn peers_of(workload: &str) -> &'static [&'static str] {
@@ -867,6 +917,7 @@ fn run_peer<P: Peer>(workload: &str, scale: f64) -> Option<Run> {
         "churn-small" => churn_sized::<P>(scale, 8, 64, 4096),
         "churn-large" => churn_sized::<P>(scale, 32 << 10, 256 << 10, 64),
         "fill-drop" => fill_drop::<P>(scale),
+        "survivors" => survivors::<P>(scale),
         "per-request" | "reset" => per_request::<P>(scale),
         "xthread" => xthread::<P>(scale),
         "hop" => hop::<P>(scale),
