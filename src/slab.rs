@@ -295,20 +295,21 @@ impl SlabState {
         batch
     }
 
-    /// Returns one block. Reports whether the slab went from nothing
-    /// available to something available (it must join its class list).
+    /// Returns `n` blocks linked from `head` to `tail` (whose link is
+    /// overwritten) in O(1). Returns whether the slab just became
+    /// available.
     ///
     /// # Safety
-    /// `b` is a block of this slab that is not free.
-    #[inline]
-    pub(crate) unsafe fn put(&mut self, b: *mut u8) -> bool {
-        debug_assert!(self.used > 0, "slab put with used == 0: double free?");
+    /// The blocks are this slab's, out (counted in `used`), unused from
+    /// now on, each once in the chain.
+    pub(crate) unsafe fn put_chain(&mut self, head: *mut u8, tail: *mut u8, n: u32) -> bool {
+        debug_assert!(self.used >= n, "slab put with used < n: double free?");
         let was_available = self.available();
-        // SAFETY: `b` is ours and not free, so we may reuse its first bytes.
-        unsafe { set_next(b, self.free) };
-        self.free = b;
-        self.free_count += 1;
-        self.used -= 1;
+        // SAFETY: `tail` is ours and not free, so we may reuse its first bytes.
+        unsafe { set_next(tail, self.free) };
+        self.free = head;
+        self.free_count += n;
+        self.used -= n;
         self.debug_check();
         !was_available
     }

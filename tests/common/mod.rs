@@ -37,3 +37,28 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 }
+
+/// Waits until threads that exited have run their exit (scoped joins
+/// return before thread-local destructors finish).
+pub fn settle(threads: usize) {
+    for _ in 0..2000 {
+        if smallmid::global_stats().threads <= threads {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // And stable for a while (the base count may have included threads
+    // of an earlier test still exiting).
+    let mut last = smallmid::global_stats().threads;
+    let mut same = 0;
+    while same < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let now = smallmid::global_stats().threads;
+        if now == last {
+            same += 1;
+        } else {
+            same = 0;
+            last = now;
+        }
+    }
+}
