@@ -279,7 +279,7 @@ impl core::borrow::Borrow<str> for String<'_> {
     }
 }
 
-/// Formats into a [`String`](crate::String) in an arena, like `format!`
+/// Formats into a [`String`] in an arena, like `format!`
 /// (bumpalo's `format!(in &bump, ...)`).
 ///
 /// # Panics

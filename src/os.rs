@@ -69,7 +69,7 @@ pub fn fail_next_maps(n: u64) {
     FAIL_NEXT.store(n, Ordering::Relaxed);
 }
 
-/// Consumes one pending failure of [`fail_next_maps`]: `true` means "treat
+/// Consumes one pending failure of `fail_next_maps` (test hooks): `true` means "treat
 /// this request as refused by the OS".
 ///
 /// Taking a decommitted SuperSlab back is such a request: its pages come
