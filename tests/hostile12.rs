@@ -12,7 +12,7 @@ use allocator_api2::alloc::Allocator;
 use core::alloc::Layout;
 use core::ptr::NonNull;
 use smallmid::{global_stats, SharedArena, SmallMidArena};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -99,32 +99,6 @@ fn expect_stats(a: &SmallMidArena, blocks: u64, bytes: u64, allocs: u64, frees: 
         (blocks, bytes, allocs, frees),
         "{what}: (blocks_in_use, bytes_in_use, large_allocs, large_frees) {s}"
     );
-}
-
-/// Live blocks, to catch any two overlapping.
-#[derive(Default)]
-struct Live(BTreeMap<usize, usize>);
-impl Live {
-    #[track_caller]
-    fn add(&mut self, p: *mut u8, n: usize, what: &str) {
-        let a = p as usize;
-        if let Some((&s, &len)) = self.0.range(..=a).next_back() {
-            assert!(
-                s + len <= a,
-                "{what}: {a:#x}+{n} overlaps live {s:#x}+{len}"
-            );
-        }
-        if let Some((&s, &len)) = self.0.range(a..).next() {
-            assert!(a + n <= s, "{what}: {a:#x}+{n} overlaps live {s:#x}+{len}");
-        }
-        self.0.insert(a, n);
-    }
-    fn remove(&mut self, p: *mut u8) {
-        assert!(
-            self.0.remove(&(p as usize)).is_some(),
-            "freeing a block not live"
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------

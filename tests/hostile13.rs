@@ -8,7 +8,6 @@ use common::*;
 use allocator_api2::alloc::Allocator;
 use core::alloc::Layout;
 use smallmid::{ArenaBox, SmallMidArena};
-use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc, Barrier};
 
 #[derive(Clone, Copy, Debug)]
@@ -45,22 +44,6 @@ fn verify(p: *const u8, n: usize, seed: usize, what: &str) {
     // SAFETY: as above.
     let v = unsafe { p.add(n - 1).read() };
     assert_eq!(v, pat(seed, n - 1), "{what}: last byte of {n} at {p:p}");
-}
-
-#[derive(Default)]
-struct Live(BTreeMap<usize, usize>);
-impl Live {
-    #[track_caller]
-    fn add(&mut self, p: *mut u8, n: usize, what: &str) {
-        let a = p as usize;
-        if let Some((&s, &len)) = self.0.range(..=a).next_back() {
-            assert!(s + len <= a, "{what}: {a:#x}+{n} overlaps {s:#x}+{len}");
-        }
-        if let Some((&s, &len)) = self.0.range(a..).next() {
-            assert!(a + n <= s, "{what}: {a:#x}+{n} overlaps {s:#x}+{len}");
-        }
-        self.0.insert(a, n);
-    }
 }
 
 fn ss_base(p: *const u8) -> usize {

@@ -62,3 +62,29 @@ pub fn settle(threads: usize) {
         }
     }
 }
+
+/// Live blocks, to catch any two overlapping.
+#[derive(Default)]
+pub struct Live(pub std::collections::BTreeMap<usize, usize>);
+impl Live {
+    #[track_caller]
+    pub fn add(&mut self, p: *mut u8, n: usize, what: &str) {
+        let a = p as usize;
+        if let Some((&s, &len)) = self.0.range(..=a).next_back() {
+            assert!(
+                s + len <= a,
+                "{what}: {a:#x}+{n} overlaps live {s:#x}+{len}"
+            );
+        }
+        if let Some((&s, &len)) = self.0.range(a..).next() {
+            assert!(a + n <= s, "{what}: {a:#x}+{n} overlaps live {s:#x}+{len}");
+        }
+        self.0.insert(a, n);
+    }
+    pub fn remove(&mut self, p: *mut u8) {
+        assert!(
+            self.0.remove(&(p as usize)).is_some(),
+            "freeing a block not live"
+        );
+    }
+}
