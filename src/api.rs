@@ -141,7 +141,7 @@ impl ArenaState {
         if size == 0 {
             return Ok(dangling(layout.align())); // any alignment: no memory
         }
-        self.alloc_large(layout)
+        self.alloc_large(layout, large::kind(size, layout.align()))
     }
 
     /// # Safety
@@ -162,11 +162,12 @@ impl ArenaState {
         if size == 0 {
             return; // a dangling pointer: nothing to poison or free
         }
-        if let Kind::Span { slabs, .. } = large::kind(size, layout.align()) {
-            asan::poison(ptr.as_ptr(), slabs * crate::slab::SLAB_SIZE);
+        let k = large::kind(size, layout.align());
+        if let Kind::Span { slabs, .. } = k {
+            asan::poison(ptr.as_ptr(), slabs * SLAB_SIZE);
         }
         // SAFETY: forwarded contract.
-        unsafe { self.free_large(ptr, layout) }
+        unsafe { self.free_large(ptr, k) }
     }
 
     /// The block length if `ptr` (allocated with `old`) can serve `new` in
@@ -215,17 +216,17 @@ impl ArenaState {
         }
     }
 
-    /// Allocates a block that no size class serves: a span this thread
-    /// freed and its cache kept (no pool lock; even under a limit set after
-    /// it was kept: it is held already), else from the heap.
-    fn alloc_large(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if let Kind::Span { slabs, step: 1 } = large::kind(layout.size(), layout.align()) {
+    /// Allocates a block that no size class serves, of kind `k`: a span
+    /// this thread freed and its cache kept (no pool lock; even under a
+    /// limit set after it was kept: it is held already), else from the heap.
+    fn alloc_large(&self, layout: Layout, k: Kind) -> Result<NonNull<[u8]>, AllocError> {
+        if let Kind::Span { slabs, step: 1 } = k {
             if let Some(p) = self.take_kept_span(slabs) {
                 self.heap.mark_dirty();
                 return Ok(NonNull::slice_from_raw_parts(p, slabs * SLAB_SIZE));
             }
         }
-        self.heap.alloc_large(layout)
+        self.heap.alloc_large(layout, k)
     }
 
     /// Frees a block from [`Self::alloc_large`]: a span into this thread's
@@ -233,17 +234,17 @@ impl ArenaState {
     /// those aligned past a slab; never under a limit), else to the heap.
     ///
     /// # Safety
-    /// `ptr` was allocated by this arena with a layout of the same
-    /// [`large::kind`] as `layout`, and is not used afterwards.
-    unsafe fn free_large(&self, ptr: NonNull<u8>, layout: Layout) {
-        if let Kind::Span { slabs, step: 1 } = large::kind(layout.size(), layout.align()) {
+    /// `ptr` was allocated by this arena with a layout of kind `k`, and is
+    /// not used afterwards.
+    unsafe fn free_large(&self, ptr: NonNull<u8>, k: Kind) {
+        if let Kind::Span { slabs, step: 1 } = k {
             // SAFETY: per contract a live span of ours, unused now.
             if !self.heap.limited() && unsafe { self.keep_span(ptr.as_ptr(), slabs) } {
                 return;
             }
         }
         // SAFETY: forwarded contract.
-        unsafe { self.heap.free_large(ptr, layout) }
+        unsafe { self.heap.free_large(ptr, k) }
     }
 
     /// Shrinks a huge block into a smaller kind of block when the limit

@@ -95,10 +95,11 @@ pub(crate) unsafe fn huge_header(block: *mut u8) -> *mut HugeHeader {
 }
 
 impl Heap {
-    /// Allocates a block that no size class serves.
-    pub(crate) fn alloc_large(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    /// Allocates a block that no size class serves, of kind `k`
+    /// (`kind(layout)`).
+    pub(crate) fn alloc_large(&self, layout: Layout, k: Kind) -> Result<NonNull<[u8]>, AllocError> {
         self.mark_dirty();
-        match kind(layout.size(), layout.align()) {
+        match k {
             Kind::Span { slabs, step } => {
                 let mut pool = lock(&self.pool);
                 let dense = pool.doubles(layout.size());
@@ -217,11 +218,11 @@ impl Heap {
     /// Frees a block from [`Self::alloc_large`].
     ///
     /// # Safety
-    /// `ptr` was allocated by this arena with a layout of the same [`kind`]
-    /// as `layout`, and is not used afterwards.
-    pub(crate) unsafe fn free_large(&self, ptr: NonNull<u8>, layout: Layout) {
+    /// `ptr` was allocated from this heap with a layout of kind `k`, and
+    /// is not used afterwards.
+    pub(crate) unsafe fn free_large(&self, ptr: NonNull<u8>, k: Kind) {
         let addr = ptr.as_ptr() as usize;
-        match kind(layout.size(), layout.align()) {
+        match k {
             Kind::Span { .. } => {
                 let (ss, idx) = (SuperSlab::of(addr), SuperSlab::slab_index(addr));
                 let mut pool = lock(&self.pool);
