@@ -208,6 +208,17 @@ impl ClassCounters {
         }
     }
 
+    /// Counts `n` blocks a flush put into slabs another thread last took
+    /// from as cross-thread frees, at most as many as this cache's frees:
+    /// a flush also returns blocks a refill brought that nobody allocated
+    /// (a refused allocation under a limit flushes them all, then refills
+    /// them again), which are not frees. Owner only.
+    pub(crate) fn count_cross(&self, n: u32) {
+        let room =
+            (self.frees.load(Ordering::Relaxed)).saturating_sub(self.cross.load(Ordering::Relaxed));
+        bump(&self.cross, room.min(n as u64));
+    }
+
     pub(crate) fn read(&self) -> Counts {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Counts {
@@ -666,7 +677,7 @@ impl ThreadCache {
                     l.head = rest;
                     l.count = count - n;
                     bump(&counters.flushes, 1);
-                    bump(&counters.cross, cross as u64);
+                    counters.count_cross(cross);
                 }
                 set_next(b, l.head);
                 l.head = b;
@@ -693,7 +704,7 @@ impl ThreadCache {
                     }
                     if taken.count > 0 {
                         let (cross, _) = heap.flush(class, taken.head, taken.count, tid);
-                        bump(&self.counters[class].cross, cross as u64);
+                        self.counters[class].count_cross(cross);
                         i.touched |= 1 << class;
                     }
                     heap.put_range(class, taken.bump, taken.end);

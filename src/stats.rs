@@ -84,7 +84,9 @@ pub struct ClassStats {
     /// Flushes of half a full front cache to the arena.
     pub flushes: u64,
     /// Blocks flushed into a slab that another thread's cache last took
-    /// blocks from: frees that crossed threads.
+    /// blocks from: frees that crossed threads. At most `frees` (a flush
+    /// also returns blocks a refill brought that were never allocated;
+    /// those are not counted past the frees).
     pub cross_thread_frees: u64,
     /// Live blocks (`allocs - frees`).
     pub blocks_in_use: u64,
