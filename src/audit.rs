@@ -99,6 +99,7 @@ impl SmallMidArena {
                         Use::Class(c) => {
                             assert!(!free_bit, "class slab marked free in the pool");
                             s.check();
+                            check_free_list(s);
                             a.class_slabs += 1;
                             a.per_class[c as usize] += 1;
                             a.blocks_out += s.used as usize;
@@ -178,4 +179,33 @@ impl ClassList {
             assert!(guard < 1 << 24, "class list does not end: corrupted");
         }
     }
+}
+
+/// Walks a class slab's free list: exactly `free_count` blocks, each a
+/// carved block of the slab (between its first block and the bump
+/// pointer, on a block boundary), then null.
+///
+/// # Safety
+/// The slab's class lock is held (its list is stable), and blocks on the
+/// list are free: their first word is the link.
+unsafe fn check_free_list(s: &crate::slab::SlabState) {
+    let size = s.size as usize;
+    let first = s.end as usize - s.capacity as usize * size;
+    let mut b = s.free;
+    for k in 0..s.free_count {
+        let a = b as usize;
+        assert!(
+            !b.is_null() && a >= first && a < s.bump as usize && (a - first) % size == 0,
+            "free list entry {k} of {}: {b:p} is not a carved block of the slab",
+            s.free_count
+        );
+        // SAFETY: a free block of this slab (checked just above): its first
+        // word is the link, stable under the class lock (contract).
+        b = unsafe { crate::slab::next_of(b) };
+    }
+    assert!(
+        b.is_null(),
+        "free list longer than free_count {}",
+        s.free_count
+    );
 }
