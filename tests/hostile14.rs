@@ -586,11 +586,7 @@ fn wrong_class_in_a_run_panics_cleanly() {
         a.flush_thread_cache();
     }));
     let e = r.expect_err("a 16 B block freed as 48 B went unnoticed");
-    let msg = e
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
+    let msg = panic_message(&*e);
     assert!(msg.contains("wrong layout"), "unclear message: {msg}");
     // Consistent after the panic.
     a.audit();
@@ -631,11 +627,7 @@ fn checked_double_free_in_big_list() {
     }
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| free(&a, ps[700], lay)));
     let e = r.expect_err("double free unnoticed");
-    let msg = e
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
+    let msg = panic_message(&*e);
     assert!(
         msg.contains("double free") || msg.contains("not live"),
         "{msg}"
@@ -825,11 +817,7 @@ fn wrong_class_in_a_mixed_run_panics() {
         a.flush_thread_cache();
     }));
     let e = r.expect_err("a 16 B mixed block freed as 32 B went unnoticed after the slab emptied");
-    let msg = e
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
+    let msg = panic_message(&*e);
     assert!(msg.starts_with("smallmid:"), "unclear message: {msg}");
     eprintln!("mixed misuse: {msg}");
 }
@@ -876,4 +864,12 @@ fn limited_reset_with_full_caches() {
         a.flush_thread_cache();
         assert_eq!(a.audit().blocks_out, 0);
     }
+}
+
+/// The text a panic carried (empty if it was not a string).
+fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
