@@ -6,8 +6,10 @@
 //!
 //! A thread-local holds only the thread's index, never a pointer into an
 //! arena, so nothing dangles when an arena is dropped. The arena keeps a
-//! table of member pointers indexed by thread index: 64 inline slots, then
-//! chunks of 64 made on demand, up to [`MAX_TIDS`] threads alive at once;
+//! table of member pointers indexed by thread index: 16 inline slots, then
+//! chunks of 64 made on demand (their table too, so an arena used by a few
+//! threads carries 128 bytes of slots, not 1 KiB), up to [`MAX_TIDS`]
+//! threads alive at once;
 //! threads past that (and threads whose thread-locals are already gone)
 //! use the central lists directly, correct but slower.
 //!
@@ -26,14 +28,18 @@ use core::ptr::{null_mut, NonNull};
 use smallvec::SmallVec;
 
 /// Cache slots stored inline in the arena state.
-pub(crate) const INLINE_SLOTS: usize = 64;
-/// Further chunks of 64 slots, made on demand.
-pub(crate) const CHUNKS: usize = 63;
+pub(crate) const INLINE_SLOTS: usize = 16;
+/// Slots per chunk past the inline ones.
+const CHUNK_SLOTS: usize = 64;
 /// Threads alive at once that get a front cache.
-pub(crate) const MAX_TIDS: usize = INLINE_SLOTS * (CHUNKS + 1);
+pub(crate) const MAX_TIDS: usize = 4096;
+/// Chunks of slots, made on demand.
+const CHUNKS: usize = (MAX_TIDS - INLINE_SLOTS).div_ceil(CHUNK_SLOTS);
 
 /// A chunk of member slots.
-pub(crate) type SlotChunk = [AtomicPtr<Member>; INLINE_SLOTS];
+type SlotChunk = [AtomicPtr<Member>; CHUNK_SLOTS];
+/// The table of chunks, made with the first chunk.
+pub(crate) type ChunkTable = [AtomicPtr<SlotChunk>; CHUNKS];
 
 /// Links of a member in its owner thread's record (see [`super::threads`]).
 #[derive(Debug)]
@@ -189,7 +195,8 @@ impl Members {
 unsafe impl Send for Members {}
 
 impl ArenaState {
-    /// The slot of thread `tid`, creating its chunk if asked.
+    /// The slot of thread `tid`, creating its chunk (and the chunk table)
+    /// if asked.
     pub(crate) fn slot(&self, tid: usize, create: bool) -> Option<&AtomicPtr<Member>> {
         if tid < INLINE_SLOTS {
             return Some(&self.slots[tid]);
@@ -197,26 +204,14 @@ impl ArenaState {
         if tid >= MAX_TIDS {
             return None;
         }
-        let cell = &self.chunks[tid / INLINE_SLOTS - 1];
-        let mut chunk = cell.load(Ordering::Acquire);
-        if chunk.is_null() {
-            if !create {
-                return None;
-            }
-            let mem = Box::into_raw(Box::new(core::array::from_fn(|_| {
-                AtomicPtr::new(null_mut())
-            })));
-            match cell.compare_exchange(null_mut(), mem, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => chunk = mem,
-                Err(winner) => {
-                    // SAFETY: our chunk was never published.
-                    drop(unsafe { Box::from_raw(mem) });
-                    chunk = winner;
-                }
-            }
-        }
-        // SAFETY: published chunks live as long as the arena.
-        Some(unsafe { &(*chunk)[tid % INLINE_SLOTS] })
+        let k = tid - INLINE_SLOTS;
+        let table = publish(&self.chunks, create, || {
+            core::array::from_fn(|_| AtomicPtr::new(null_mut()))
+        })?;
+        let chunk = publish(&table[k / CHUNK_SLOTS], create, || {
+            core::array::from_fn(|_| AtomicPtr::new(null_mut()))
+        })?;
+        Some(&chunk[k % CHUNK_SLOTS])
     }
 
     /// This thread's membership (and cache) in this arena, if it has one.
@@ -367,13 +362,18 @@ impl ArenaState {
         if m.chunked == 0 {
             return;
         }
-        for (k, chunk) in self.chunks.iter().enumerate() {
+        let table = self.chunks.load(Ordering::Acquire);
+        if table.is_null() {
+            return;
+        }
+        // SAFETY: a published table and its chunks live as long as the arena.
+        for (k, chunk) in unsafe { &*table }.iter().enumerate() {
             let chunk = chunk.load(Ordering::Acquire);
             if !chunk.is_null() {
-                // SAFETY: published chunks live as long as the arena.
+                // SAFETY: as above.
                 let chunk = unsafe { &*chunk };
                 for (i, s) in chunk.iter().enumerate() {
-                    visit((k + 1) * INLINE_SLOTS + i, s);
+                    visit(INLINE_SLOTS + k * CHUNK_SLOTS + i, s);
                 }
             }
         }
@@ -409,10 +409,16 @@ impl ArenaState {
     }
 
     fn free_chunks(&self) {
-        for cell in &self.chunks {
-            let p = cell.swap(null_mut(), Ordering::Relaxed);
+        let table = self.chunks.swap(null_mut(), Ordering::Relaxed);
+        if table.is_null() {
+            return;
+        }
+        // SAFETY: came from `Box::into_raw` in `publish`; unpublished now.
+        let table = unsafe { Box::from_raw(table) };
+        for cell in table.iter() {
+            let p = cell.load(Ordering::Relaxed);
             if !p.is_null() {
-                // SAFETY: came from `Box::into_raw` in `slot`; unpublished now.
+                // SAFETY: as above.
                 drop(unsafe { Box::from_raw(p) });
             }
         }
@@ -548,4 +554,27 @@ impl ArenaState {
             unsafe { self.heap.release_kept_span(p) };
         }
     }
+}
+
+/// The value behind `cell`, made with `make` and published first if it is
+/// null and `create` is set (a racing maker's value wins, ours is dropped).
+/// A published value lives until the arena is destroyed.
+fn publish<T>(cell: &AtomicPtr<T>, create: bool, make: impl FnOnce() -> T) -> Option<&T> {
+    let mut p = cell.load(Ordering::Acquire);
+    if p.is_null() {
+        if !create {
+            return None;
+        }
+        let mem = Box::into_raw(Box::new(make()));
+        match cell.compare_exchange(null_mut(), mem, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => p = mem,
+            Err(winner) => {
+                // SAFETY: ours was never published.
+                drop(unsafe { Box::from_raw(mem) });
+                p = winner;
+            }
+        }
+    }
+    // SAFETY: published values live as long as the arena (see above).
+    Some(unsafe { &*p })
 }

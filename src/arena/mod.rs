@@ -35,8 +35,8 @@ use smallvec::SmallVec;
 
 mod members;
 mod threads;
+use members::{ChunkTable, INLINE_SLOTS};
 pub(crate) use members::{Link, Member, Members, MAX_TIDS};
-use members::{SlotChunk, CHUNKS, INLINE_SLOTS};
 use threads::ThreadRecord;
 
 /// Largest arena kept as a spare, in SuperSlabs.
@@ -55,7 +55,8 @@ pub(crate) struct ArenaState {
     /// a heap's address is its arena's ([`ArenaState::of_heap`]).
     pub(crate) heap: Heap,
     pub(crate) slots: [AtomicPtr<Member>; INLINE_SLOTS],
-    pub(crate) chunks: [AtomicPtr<SlotChunk>; CHUNKS],
+    /// Slots past the inline ones (see [`members`]), made on demand.
+    pub(crate) chunks: AtomicPtr<ChunkTable>,
     pub(crate) members: Mutex<Members>,
     /// The first thread's membership, so a one-thread arena allocates none.
     pub(crate) first: Member,
@@ -682,7 +683,7 @@ impl Builder {
             state.write(ArenaState {
                 heap: Heap::new(heap, home, self.memory_limit),
                 slots: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
-                chunks: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
+                chunks: AtomicPtr::new(null_mut()),
                 members: Mutex::new(Members::new()),
                 first: Member::new(state),
                 checked: Checked::new(),

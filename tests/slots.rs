@@ -1,0 +1,81 @@
+//! The slot table: 16 inline slots, then chunks of 64 (and their table)
+//! made on demand. Many threads alive at once in one arena get indices
+//! across all three; each keeps its own cache, blocks cross threads, and
+//! everything is accounted for afterwards.
+
+use allocator_api2::alloc::Allocator;
+use core::alloc::Layout;
+use smallmid::SmallMidArena;
+use std::sync::Barrier;
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+struct Sent(Vec<(usize, usize)>);
+
+#[test]
+fn threads_past_the_inline_slots_and_a_chunk() {
+    // 100 threads at once: indices 0..=100 or so, past the 16 inline slots
+    // and the first chunk of 64 (whatever indices other tests hold).
+    const N: usize = 100;
+    let arena = SmallMidArena::new();
+    let bar = Barrier::new(N + 1);
+    let sent: Vec<Sent> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..N)
+            .map(|i| {
+                let (a, bar) = (&arena, &bar);
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    for j in 0..60 {
+                        let size = [16, 100, 300, 700, 1024, 5000][(i + j) % 6];
+                        let p = a.allocate(layout(size)).unwrap().cast::<u8>().as_ptr();
+                        // SAFETY: a fresh block of `size` bytes.
+                        unsafe { p.write_bytes(i as u8, size) };
+                        mine.push((p as usize, size));
+                    }
+                    bar.wait(); // every thread holds a cache now
+                    bar.wait(); // the main thread counted them
+                    for &(p, size) in &mine {
+                        // SAFETY: written above; nobody else writes it.
+                        let ok = unsafe {
+                            core::slice::from_raw_parts(p as *const u8, size)
+                                .iter()
+                                .all(|&b| b == i as u8)
+                        };
+                        assert!(ok, "block of thread {i} overwritten");
+                    }
+                    let other = mine.split_off(30);
+                    for (p, size) in mine {
+                        // SAFETY: a live block of `a` with this layout, freed once.
+                        unsafe {
+                            a.deallocate(
+                                core::ptr::NonNull::new(p as *mut u8).unwrap(),
+                                layout(size),
+                            )
+                        };
+                    }
+                    Sent(other)
+                })
+            })
+            .collect();
+        bar.wait();
+        let caches = arena.stats().thread_caches;
+        assert!(caches >= N as u64, "{caches} caches for {N} threads");
+        bar.wait();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(arena.stats().blocks_in_use, (N * 30) as u64);
+    for Sent(v) in sent {
+        for (p, size) in v {
+            // SAFETY: live blocks of `arena` with this layout, freed once.
+            unsafe {
+                arena.deallocate(core::ptr::NonNull::new(p as *mut u8).unwrap(), layout(size))
+            };
+        }
+    }
+    let s = arena.stats();
+    assert_eq!((s.blocks_in_use, s.bytes_in_use), (0, 0));
+    arena.flush_thread_cache();
+    assert_eq!(arena.audit().blocks_out, 0);
+}
