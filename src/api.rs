@@ -176,7 +176,7 @@ impl ArenaState {
     /// # Safety
     /// As for [`Self::deallocate`] with `old`, but the block stays live.
     unsafe fn in_place(&self, ptr: NonNull<u8>, old: Layout, new: Layout) -> Option<usize> {
-        if old.size() == 0 || new.size() == 0 || ptr.as_ptr() as usize % new.align() != 0 {
+        if old.size() == 0 || new.size() == 0 || ptr.as_ptr() as usize & (new.align() - 1) != 0 {
             return None;
         }
         match (
