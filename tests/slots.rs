@@ -79,3 +79,67 @@ fn threads_past_the_inline_slots_and_a_chunk() {
     arena.flush_thread_cache();
     assert_eq!(arena.audit().blocks_out, 0);
 }
+
+/// Arenas that hop threads go through the shared spares with only their
+/// inline cache: the hopping thread's cache is freed there, after what it
+/// held went back to the arena (nothing of it lost: every slab comes back
+/// and the arenas keep no more SuperSlabs than they need).
+#[test]
+fn hopping_arenas_shed_their_second_cache_and_lose_nothing() {
+    struct Sent(SmallMidArena, Vec<(usize, usize)>);
+    let before = smallmid::global_stats().superslabs_in_use;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Sent>(64);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for Sent(a, first) in rx {
+                let mut v = allocator_api2::vec::Vec::new_in(&a);
+                v.extend(0..300u64);
+                let more: Vec<_> = (0..16)
+                    .map(|j| (a.allocate(layout(40 + 61 * j)).unwrap(), 40 + 61 * j))
+                    .collect();
+                for (p, size) in first.into_iter().take(8) {
+                    // SAFETY: live blocks of `a` with this layout, freed once.
+                    unsafe {
+                        a.deallocate(core::ptr::NonNull::new(p as *mut u8).unwrap(), layout(size))
+                    };
+                }
+                for (p, size) in more.into_iter().take(8) {
+                    // SAFETY: as above.
+                    unsafe { a.deallocate(p.cast(), layout(size)) };
+                }
+                assert_eq!(a.stats().blocks_in_use, 8 + 8 + 1);
+                drop(v);
+                drop(a);
+            }
+        });
+        for i in 0..400 {
+            let a = SmallMidArena::new();
+            let first = (0..16)
+                .map(|j| {
+                    let size = 16 + (i * 7 + j * 97) % 1000;
+                    (
+                        a.allocate(layout(size)).unwrap().cast::<u8>().as_ptr() as usize,
+                        size,
+                    )
+                })
+                .collect();
+            tx.send(Sent(a, first)).unwrap();
+        }
+        drop(tx);
+    });
+    // Arenas from the spares: whatever their caches held went back (an
+    // idle cache freed with its ranges would leave them out for good).
+    let arenas: Vec<_> = (0..80).map(|_| SmallMidArena::new()).collect();
+    for a in &arenas {
+        let s = a.stats();
+        assert_eq!(s.blocks_in_use, 0);
+        assert_eq!(a.audit().blocks_out, 0, "{s}");
+        assert_eq!(s.superslabs, 1, "{s}");
+    }
+    drop(arenas);
+    let after = smallmid::global_stats().superslabs_in_use;
+    assert!(
+        after <= before + 200,
+        "{before} -> {after} SuperSlabs in use"
+    );
+}

@@ -408,6 +408,33 @@ impl ArenaState {
         self.free_chunks();
     }
 
+    /// Frees every idle cache but the inline one, for an arena parked for
+    /// any thread's next `new()`: the others belonged to threads that may
+    /// never use it again (a request that hopped threads left a 3.7 KB
+    /// cache in every arena it passed through); one that does allocates a
+    /// cache again. What they hold goes back to the heap first (a mixed
+    /// range's rest stays parked there for the next cache), not lost.
+    ///
+    /// # Safety
+    /// The arena is owned exclusively, every cache retired, and it was
+    /// reset (zero counters: nothing to fold).
+    pub(crate) unsafe fn shed_caches(&self, m: &mut Members) {
+        debug_assert_eq!(m.caches, 0);
+        for p in core::mem::take(&mut m.idle) {
+            if core::ptr::eq(p, &self.first) {
+                m.idle.push(p);
+                continue;
+            }
+            // SAFETY: an idle cache of this arena, used by nobody
+            // (contract), from `Box::into_raw` in `member_or_attach`;
+            // retired, so no slot or record holds it.
+            unsafe {
+                (*p).cache.empty(&self.heap, thread::current_tid(), true);
+                drop(Box::from_raw(p));
+            }
+        }
+    }
+
     fn free_chunks(&self) {
         let table = self.chunks.swap(null_mut(), Ordering::Relaxed);
         if table.is_null() {

@@ -289,6 +289,8 @@ impl ArenaState {
             // thread's cache attached.
             // SAFETY: a spare: reset, no handle, nobody else holds it.
             unsafe { (*left).park_own() };
+            // SAFETY: as above.
+            unsafe { (*left).shed_caches(&mut lock(&(*left).members)) };
             // Spares wait there without decay (unlike the warm cache), so
             // they go with no free SuperSlab and within a budget.
             let superslabs = {
