@@ -97,8 +97,9 @@ impl Member {
 /// Which caches an arena has, and what retired ones counted (members lock).
 ///
 /// Invariants: `caches` equals the number of non-null slots, `inline` has
-/// bit `t` set iff slot `t < 64` is, `chunked` counts the rest; every cache
-/// the arena made is attached or in `idle` (retired: empty, counters
+/// bit `t` set iff inline slot `t` is, `chunked` counts the rest; every
+/// cache the arena made and has not freed is attached or in `idle`
+/// (retired: empty, counters
 /// zeroed); `retired[c]` is zero (or not there) unless bit `c` of
 /// `touched` is set.
 #[derive(Debug)]
