@@ -99,9 +99,8 @@ impl Member {
 /// Invariants: `caches` equals the number of non-null slots, `inline` has
 /// bit `t` set iff inline slot `t` is, `chunked` counts the rest; every
 /// cache the arena made and has not freed is attached or in `idle`
-/// (retired: empty, counters
-/// zeroed); `retired[c]` is zero (or not there) unless bit `c` of
-/// `touched` is set.
+/// (retired: empty, counters zeroed); `retired[c]` is zero (or not there)
+/// unless bit `c` of `touched` is set.
 #[derive(Debug)]
 pub(crate) struct Members {
     pub(crate) caches: usize,
