@@ -9,35 +9,8 @@ use common::*;
 
 use allocator_api2::alloc::Allocator;
 use core::alloc::Layout;
-use core::ptr::NonNull;
 use smallmid::SmallMidArena;
 use std::sync::{mpsc, Barrier};
-
-fn alloc(a: &SmallMidArena, lay: Layout) -> *mut u8 {
-    a.allocate(lay)
-        .expect("allocation refused")
-        .cast::<u8>()
-        .as_ptr()
-}
-
-fn free(a: &SmallMidArena, p: *mut u8, lay: Layout) {
-    // SAFETY: `p` is a live block of `a` allocated with `lay`.
-    unsafe { a.deallocate(NonNull::new(p).unwrap(), lay) }
-}
-
-fn stamp(p: *mut u8, n: usize, v: u8) {
-    // SAFETY: inside a live block of at least `n` bytes the test owns.
-    unsafe { core::ptr::write_bytes(p, v, n) }
-}
-
-#[track_caller]
-fn check(p: *const u8, n: usize, v: u8, what: &str) {
-    for i in 0..n {
-        // SAFETY: inside a live block the test owns.
-        let b = unsafe { p.add(i).read() };
-        assert_eq!(b, v, "{what}: byte {i} of {n} at {p:p} changed");
-    }
-}
 
 /// Per-class sanity of a stats snapshot: allocs - frees == blocks_in_use,
 /// and the arena-wide sums match.

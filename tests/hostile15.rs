@@ -13,36 +13,9 @@ mod common;
 use common::*;
 
 use allocator_api2::alloc::Allocator;
-use core::alloc::Layout;
 use core::ptr::NonNull;
 use smallmid::{SharedArena, SmallMidArena};
 use std::sync::{mpsc, Arc, Barrier};
-
-fn alloc(a: &SmallMidArena, lay: Layout) -> *mut u8 {
-    a.allocate(lay)
-        .expect("allocation refused")
-        .cast::<u8>()
-        .as_ptr()
-}
-
-fn free(a: &SmallMidArena, p: *mut u8, lay: Layout) {
-    // SAFETY: `p` is a live block of `a` allocated with `lay` (callers).
-    unsafe { a.deallocate(NonNull::new(p).unwrap(), lay) }
-}
-
-fn stamp(p: *mut u8, n: usize, v: u8) {
-    // SAFETY: inside a live block of at least `n` bytes the test owns.
-    unsafe { core::ptr::write_bytes(p, v, n) }
-}
-
-#[track_caller]
-fn check(p: *const u8, n: usize, v: u8, what: &str) {
-    // SAFETY: inside a live block of at least `n` bytes the test owns.
-    let s = unsafe { core::slice::from_raw_parts(p, n) };
-    if let Some(i) = s.iter().position(|&b| b != v) {
-        panic!("{what}: byte {i} of {n} at {p:p} is {} not {v}", s[i]);
-    }
-}
 
 /// The state address printed by `Debug`: which arena a handle is.
 fn state_of(a: &SmallMidArena) -> String {

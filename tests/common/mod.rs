@@ -88,3 +88,35 @@ impl Live {
         );
     }
 }
+
+/// A block of `lay` from `a`, or a panic.
+pub fn alloc(a: &smallmid::SmallMidArena, lay: Layout) -> *mut u8 {
+    allocator_api2::alloc::Allocator::allocate(a, lay)
+        .expect("allocation refused")
+        .cast::<u8>()
+        .as_ptr()
+}
+
+/// Frees `p` (a live block of `a` allocated with `lay`).
+pub fn free(a: &smallmid::SmallMidArena, p: *mut u8, lay: Layout) {
+    // SAFETY: `p` is a live block of `a` allocated with `lay` (callers).
+    unsafe {
+        allocator_api2::alloc::Allocator::deallocate(a, core::ptr::NonNull::new(p).unwrap(), lay)
+    }
+}
+
+/// Fills the first `n` bytes of a live block the test owns with `v`.
+pub fn stamp(p: *mut u8, n: usize, v: u8) {
+    // SAFETY: inside a live block of at least `n` bytes the test owns.
+    unsafe { core::ptr::write_bytes(p, v, n) }
+}
+
+/// Checks that the first `n` bytes of a live block the test owns are `v`.
+#[track_caller]
+pub fn check(p: *const u8, n: usize, v: u8, what: &str) {
+    // SAFETY: inside a live block of at least `n` bytes the test owns.
+    let s = unsafe { core::slice::from_raw_parts(p, n) };
+    if let Some(i) = s.iter().position(|&b| b != v) {
+        panic!("{what}: byte {i} of {n} at {p:p} is {} not {v}", s[i]);
+    }
+}
