@@ -301,9 +301,9 @@ impl ArenaState {
     }
 
     /// Moves the calling thread's cache, ranges and all, to the idle list:
-    /// the arena then holds no thread's cache, and the next thread to use
-    /// it (any thread: it is going to the shared spares) takes this one,
-    /// warm. Its ranges stay reclaimable there (`flush_current_thread`).
+    /// the arena then holds no thread's cache, on its way to the shared
+    /// spares. If it is the inline cache, the next thread to use the arena
+    /// takes it, warm; any other is shed there ([`Self::shed_caches`]).
     ///
     /// # Safety
     /// The arena is owned exclusively and was just reset (zero counters).
