@@ -384,8 +384,8 @@ fn arena_blocks(a: &SmallMidArena) -> u64 {
     a.stats().blocks_in_use
 }
 
-/// 9. Threads with indices past the inline slots race to publish the slot
-///    chunk (a CAS) and their caches in it.
+/// 9. Threads with indices past the inline slots race to publish the chunk
+///    table and the slot chunk (a CAS each) and their caches in them.
 #[test]
 fn slot_chunk_publication() {
     model(|| {
