@@ -8,6 +8,8 @@ use core::alloc::Layout;
 use smallmid::SmallMidArena;
 use std::sync::Barrier;
 
+mod common;
+
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
 }
@@ -16,10 +18,13 @@ struct Sent(Vec<(usize, usize)>);
 
 #[test]
 fn threads_past_the_inline_slots_and_a_chunk() {
+    let _g = common::serial();
     // 100 threads at once: indices 0..=100 or so, past the 16 inline slots
     // and the first chunk of 64 (whatever indices other tests hold).
     const N: usize = 100;
     let arena = SmallMidArena::new();
+    drop(arena.alloc(0u64)); // this thread holds an index from here on
+    let base_threads = smallmid::global_stats().threads;
     let bar = Barrier::new(N + 1);
     let sent: Vec<Sent> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..N)
@@ -76,6 +81,9 @@ fn threads_past_the_inline_slots_and_a_chunk() {
     }
     let s = arena.stats();
     assert_eq!((s.blocks_in_use, s.bytes_in_use), (0, 0));
+    // Blocks the threads freed stay in their caches until their exit
+    // (after the scope's joins) returns them.
+    common::settle(base_threads);
     arena.flush_thread_cache();
     assert_eq!(arena.audit().blocks_out, 0);
 }
@@ -86,8 +94,11 @@ fn threads_past_the_inline_slots_and_a_chunk() {
 /// and the arenas keep no more SuperSlabs than they need).
 #[test]
 fn hopping_arenas_shed_their_second_cache_and_lose_nothing() {
+    let _g = common::serial();
     struct Sent(SmallMidArena, Vec<(usize, usize)>);
+    drop(SmallMidArena::new().alloc(0u64)); // this thread holds an index
     let before = smallmid::global_stats().superslabs_in_use;
+    let base_threads = smallmid::global_stats().threads;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Sent>(64);
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -127,6 +138,7 @@ fn hopping_arenas_shed_their_second_cache_and_lose_nothing() {
         }
         drop(tx);
     });
+    common::settle(base_threads);
     // Arenas from the spares: whatever their caches held went back (an
     // idle cache freed with its ranges would leave them out for good).
     let arenas: Vec<_> = (0..80).map(|_| SmallMidArena::new()).collect();
