@@ -48,16 +48,6 @@ fn exact_(a: &SmallMidArena, blocks: u64, bytes: u64, what: &str, cross: bool) {
     );
 }
 
-fn wait_caches(a: &SmallMidArena, n: u64) {
-    for _ in 0..4000 {
-        if a.stats().thread_caches <= n {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    panic!("thread caches did not retire: {}", a.stats());
-}
-
 /// Class size of a layout as the arena reports it.
 fn class_len(a: &SmallMidArena, lay: Layout) -> usize {
     let b = a.allocate(lay).unwrap();

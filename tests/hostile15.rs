@@ -76,17 +76,6 @@ impl Soft {
     }
 }
 
-/// Waits until at most `n` caches are attached (exits under way).
-fn wait_caches(a: &SmallMidArena, n: u64) {
-    for _ in 0..5000 {
-        if a.stats().thread_caches <= n {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    panic!("caches still attached: {}", a.stats());
-}
-
 /// Counters of a snapshot must be consistent and every class's
 /// `allocs - frees` the blocks in use.
 #[track_caller]

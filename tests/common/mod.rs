@@ -120,3 +120,14 @@ pub fn check(p: *const u8, n: usize, v: u8, what: &str) {
         panic!("{what}: byte {i} of {n} at {p:p} is {} not {v}", s[i]);
     }
 }
+
+/// Waits until at most `n` caches are attached to `a` (exits under way).
+pub fn wait_caches(a: &smallmid::SmallMidArena, n: u64) {
+    for _ in 0..5000 {
+        if a.stats().thread_caches <= n {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("caches still attached: {}", a.stats());
+}
