@@ -1,6 +1,6 @@
 //! The `Allocator` implementation: a thin adapter over the engine.
 
-use crate::arena::{ArenaState, SmallMidArena};
+use crate::arena::{ArenaState, Seed, SmallMidArena, View};
 use crate::asan;
 use crate::large::{self, huge_header, Kind};
 use crate::os::{HUGE_PAGE, PAGE};
@@ -331,7 +331,7 @@ impl ArenaState {
     ///
     /// # Safety
     /// As for [`Self::deallocate`] with `old`; `keep <= min(old, new size)`.
-    unsafe fn relocate(
+    pub(crate) unsafe fn relocate(
         &self,
         ptr: NonNull<u8>,
         old: Layout,
@@ -389,16 +389,20 @@ impl ArenaState {
 }
 
 // SAFETY: blocks stay valid until deallocated or the arena is dropped, and
-// moving the handle does not move them (the state has a fixed address).
-// Every returned block is aligned to its layout and at least its size.
+// moving the handle does not move them (the state and the seed have fixed
+// addresses). Every returned block is aligned to its layout and at least
+// its size.
 unsafe impl Allocator for SmallMidArena {
     #[inline(always)]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.state().allocate(layout)
+        match self.view() {
+            View::Full(st) => st.allocate(layout),
+            View::Seed(seed) => self.allocate_seeded(seed, layout),
+        }
     }
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        let b = self.state().allocate(layout)?;
+        let b = self.allocate(layout)?;
         // SAFETY: the block is ours and `len` bytes long.
         unsafe { b.as_ptr().cast::<u8>().write_bytes(0, b.len()) };
         Ok(b)
@@ -406,8 +410,12 @@ unsafe impl Allocator for SmallMidArena {
 
     #[inline(always)]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: forwarded trait contract.
-        unsafe { self.state().deallocate(ptr, layout) }
+        match self.view() {
+            // SAFETY: forwarded trait contract.
+            View::Full(st) => unsafe { st.deallocate(ptr, layout) },
+            // SAFETY: forwarded trait contract.
+            View::Seed(seed) => unsafe { self.deallocate_seeded(seed, ptr, layout) },
+        }
     }
 
     unsafe fn grow(
@@ -418,7 +426,7 @@ unsafe impl Allocator for SmallMidArena {
     ) -> Result<NonNull<[u8]>, AllocError> {
         debug_assert!(new.size() >= old.size());
         // SAFETY: forwarded trait contract.
-        unsafe { self.state().relocate(ptr, old, new, old.size()) }
+        unsafe { self.relocate(ptr, old, new, old.size()) }
     }
 
     unsafe fn grow_zeroed(
@@ -429,7 +437,7 @@ unsafe impl Allocator for SmallMidArena {
     ) -> Result<NonNull<[u8]>, AllocError> {
         debug_assert!(new.size() >= old.size());
         // SAFETY: forwarded trait contract.
-        let b = unsafe { self.state().relocate(ptr, old, new, old.size())? };
+        let b = unsafe { self.relocate(ptr, old, new, old.size())? };
         // SAFETY: bytes `old.size()..len` of the block are ours to zero,
         // whether it moved or not (they may hold a previous user's data).
         unsafe {
@@ -449,7 +457,107 @@ unsafe impl Allocator for SmallMidArena {
     ) -> Result<NonNull<[u8]>, AllocError> {
         debug_assert!(new.size() <= old.size());
         // SAFETY: forwarded trait contract.
-        unsafe { self.state().relocate(ptr, old, new, new.size()) }
+        unsafe { self.relocate(ptr, old, new, new.size()) }
+    }
+}
+
+impl Seed {
+    /// Allocates in the seed's arena: from the room while blocks fit, else
+    /// from the arena's state, grown now if it has none. Also returns the
+    /// state if the arena has one now.
+    pub(crate) fn allocate(
+        &self,
+        layout: Layout,
+    ) -> (Result<NonNull<[u8]>, AllocError>, Option<&ArenaState>) {
+        if layout.size() == 0 {
+            return (Ok(dangling(layout.align())), None);
+        }
+        let grown = match class_for(layout.size(), layout.align()) {
+            Some(class) => match self.alloc(class) {
+                Ok(b) => {
+                    let len = CLASS_SIZE[class] as usize;
+                    return (Ok(NonNull::slice_from_raw_parts(b, len)), None);
+                }
+                Err(grown) => grown,
+            },
+            None => None,
+        };
+        match grown.or_else(|| self.grow()) {
+            Some(st) => (st.allocate(layout), Some(st)),
+            None => (Err(AllocError), None),
+        }
+    }
+}
+
+/// An arena still in its seed (see `arena::seed`): small blocks from the
+/// seed while they fit, else the arena grows its state and serves there.
+impl SmallMidArena {
+    #[cold]
+    #[inline(never)]
+    fn allocate_seeded(&self, seed: &Seed, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let (block, st) = seed.allocate(layout);
+        if let Some(st) = st {
+            self.grown_to(st);
+        }
+        block
+    }
+
+    /// # Safety
+    /// As for [`Allocator::deallocate`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn deallocate_seeded(&self, seed: &Seed, ptr: NonNull<u8>, layout: Layout) {
+        if layout.size() == 0 {
+            return;
+        }
+        let st = match class_for(layout.size(), layout.align()) {
+            Some(class) => seed.free(ptr.as_ptr(), class),
+            // Only a grown arena hands out large blocks.
+            None => seed.full(),
+        };
+        if let Some(st) = st {
+            self.grown_to(st);
+            // SAFETY: forwarded contract: a block of this arena.
+            unsafe { st.deallocate(ptr, layout) }
+        }
+    }
+
+    /// Moves a block to a new layout, copying `keep` bytes.
+    ///
+    /// # Safety
+    /// As for [`ArenaState::relocate`].
+    unsafe fn relocate(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        keep: usize,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        let seed = match self.view() {
+            // SAFETY: forwarded contract.
+            View::Full(st) => return unsafe { st.relocate(ptr, old, new, keep) },
+            View::Seed(seed) => seed,
+        };
+        if let Some(st) = seed.full() {
+            self.grown_to(st);
+            // SAFETY: forwarded contract.
+            return unsafe { st.relocate(ptr, old, new, keep) };
+        }
+        // A block of the seed (or none): it keeps its class.
+        let class = |l: Layout| class_for(l.size(), l.align()).filter(|_| l.size() != 0);
+        if let (Some(a), Some(b)) = (class(old), class(new)) {
+            if a == b && ptr.as_ptr() as usize & (new.align() - 1) == 0 {
+                return Ok(NonNull::slice_from_raw_parts(ptr, CLASS_SIZE[a] as usize));
+            }
+        }
+        let fresh = self.allocate(new)?;
+        // SAFETY: both blocks are live, distinct, and at least `keep` long;
+        // `ptr` per contract.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr().cast::<u8>(), keep);
+            self.deallocate(ptr, old);
+        }
+        Ok(fresh)
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Audit {
     pub superslabs: usize,
     /// Of them, SuperSlabs with transparent huge pages asked for.
     pub huge_paged: usize,
+    /// Blocks of the arena's seed, not freed while it was one (a seed block
+    /// freed after the arena grew is counted by the freeing cache, not here).
+    pub seed_blocks: usize,
 }
 
 impl Audit {
@@ -52,16 +55,37 @@ impl SmallMidArena {
     /// # Example
     /// ```
     /// let arena = smallmid::SmallMidArena::new();
-    /// let b = arena.alloc(1u64);
+    /// let small = arena.alloc(1u64); // the arena's seed serves it
+    /// let au = arena.audit();
+    /// // (Under the `checked` feature an arena starts grown, with no seed.)
+    /// assert_eq!(au.seed_blocks, usize::from(au.superslabs == 0));
+    /// let b = arena.alloc([0u8; 300]); // too big for the seed: the arena grows
     /// arena.flush_thread_cache(); // counts blocks carved from mixed slabs
     /// assert!(arena.audit().blocks_out >= 1);
+    /// drop(small);
     /// drop(b);
     /// arena.flush_thread_cache();
     /// assert_eq!(arena.audit().blocks_out, 0);
     /// ```
     #[doc(hidden)]
     pub fn audit(&self) -> Audit {
-        let st = self.state();
+        let mut seed_blocks = 0;
+        if let Some(seed) = self.seed() {
+            seed.for_each_block(|_, freed| seed_blocks += usize::from(!freed));
+        }
+        let Some(st) = self.full() else {
+            return Audit {
+                per_class: [0; NUM_CLASSES],
+                blocks_out: 0,
+                class_slabs: 0,
+                mixed_slabs: 0,
+                span_slabs: 0,
+                free_slabs: 0,
+                superslabs: 0,
+                huge_paged: 0,
+                seed_blocks,
+            };
+        };
         let members = lock(&st.members);
         let lists: Vec<_> = st.heap.classes.iter().map(lock).collect();
         let pool = lock(&st.heap.pool);
@@ -74,6 +98,7 @@ impl SmallMidArena {
             free_slabs: 0,
             superslabs: pool.superslabs,
             huge_paged: 0,
+            seed_blocks,
         };
         let mut on_lists = vec![0usize; lists.len()];
         for ss in pool.all_superslabs() {

@@ -1,6 +1,6 @@
 //! `ArenaBox`: an owning, pointer-sized handle to one value in an arena.
 
-use crate::arena::{ArenaState, SmallMidArena};
+use crate::arena::{ArenaState, Seed, SmallMidArena};
 use crate::large::{self, huge_header, Kind};
 use crate::size_class::class_for;
 use crate::superslab::SuperSlab;
@@ -88,16 +88,47 @@ impl ArenaState {
     }
 }
 
+/// Allocates `layout` in the arena of block `ptr`.
+///
+/// # Safety
+/// `ptr` is a live block allocated from some arena with `layout`
+/// (`layout.size() > 0`).
+unsafe fn allocate_beside(ptr: NonNull<u8>, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+    if class_for(layout.size(), layout.align()).is_some() {
+        // SAFETY: a small block lies in a live SuperSlab.
+        if unsafe { SuperSlab::is_seeds(SuperSlab::of(ptr.as_ptr() as usize)) } {
+            // SAFETY: per contract a live block of a seed.
+            return unsafe { Seed::of(ptr.as_ptr()) }.allocate(layout).0;
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { ArenaState::owner_of(ptr, layout) }.allocate(layout)
+}
+
 /// Frees `ptr`'s block to its arena, if `layout` takes any memory.
 ///
 /// # Safety
 /// As for [`ArenaState::owner_of`] (any size); the block is not used again.
 #[inline(always)]
 unsafe fn free_block(ptr: NonNull<u8>, layout: Layout) {
-    if layout.size() != 0 {
-        // SAFETY: forwarded contract.
-        unsafe { ArenaState::owner_of(ptr, layout).deallocate(ptr, layout) }
+    if layout.size() == 0 {
+        return;
     }
+    if let Some(class) = class_for(layout.size(), layout.align()) {
+        // SAFETY: a small block lies in a live SuperSlab: its arena's or
+        // one of seeds.
+        if unsafe { SuperSlab::is_seeds(SuperSlab::of(ptr.as_ptr() as usize)) } {
+            // SAFETY: per contract a live block of a seed, so the seed is live.
+            let seed = unsafe { Seed::of(ptr.as_ptr()) };
+            if let Some(st) = seed.free(ptr.as_ptr(), class) {
+                // SAFETY: forwarded contract: the grown arena's block.
+                unsafe { st.deallocate(ptr, layout) }
+            }
+            return;
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { ArenaState::owner_of(ptr, layout).deallocate(ptr, layout) }
 }
 
 /// Frees a block if dropped: owns memory during construction, so a panic
@@ -123,7 +154,7 @@ impl<T> Drop for Building<T> {
 
 impl SmallMidArena {
     pub(crate) fn block<T>(&self, layout: Layout) -> Result<NonNull<T>, AllocError> {
-        Ok(self.state().allocate(layout)?.cast())
+        Ok(allocator_api2::alloc::Allocator::allocate(self, layout)?.cast())
     }
 
     /// Moves `value` into the arena.
@@ -485,9 +516,7 @@ impl<T: Clone> Clone for ArenaBox<'_, T> {
             NonNull::dangling()
         } else {
             // SAFETY: our block is live and was allocated with `layout`.
-            let state = unsafe { ArenaState::owner_of(self.ptr.cast(), layout) };
-            state
-                .allocate(layout)
+            unsafe { allocate_beside(self.ptr.cast(), layout) }
                 .unwrap_or_else(|_| oom(layout))
                 .cast()
         };

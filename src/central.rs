@@ -219,7 +219,7 @@ impl Heap {
             let b = head;
             // SAFETY: chain members are ours; read the link before reuse.
             head = unsafe { next_of(b) };
-            let (_, _, slab) = slab_of(b);
+            let (ss, _, slab) = slab_of(b);
             if slab == run.slab {
                 // Linked from the run's last block already.
                 run.tail = b;
@@ -228,6 +228,14 @@ impl Heap {
             }
             // SAFETY: class lock held; the run's blocks are ours (contract).
             cross += unsafe { self.put_run(&mut list, class, &run, flusher) };
+            // SAFETY: `b` lies in a live SuperSlab.
+            if unsafe { SuperSlab::is_seeds(ss) } {
+                // A seed's block, freed after its arena grew: it belongs to
+                // no slab and stays in the seed until the arena's reset or
+                // drop (the free was counted when the cache took it).
+                run.slab = null();
+                continue;
+            }
             run = Run {
                 slab,
                 head: b,

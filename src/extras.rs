@@ -1,7 +1,7 @@
 //! Arena-level extras: the memory the arena holds, a runtime memory limit,
 //! address ownership and pre-reserved capacity.
 
-use crate::arena::SmallMidArena;
+use crate::arena::{SmallMidArena, View};
 use crate::slab::SLAB_SIZE;
 use crate::superslab::{SuperSlab, SUPERSLAB_SIZE};
 use crate::sync::{lock, Ordering};
@@ -45,7 +45,7 @@ impl SmallMidArena {
     /// # drop((b, c));
     /// ```
     pub fn allocated_bytes(&self) -> usize {
-        lock(&self.state().heap.pool).held_bytes()
+        self.full().map_or(0, |st| lock(&st.heap.pool).held_bytes())
     }
 
     /// Changes the memory limit at run time (bumpalo's
@@ -76,7 +76,12 @@ impl SmallMidArena {
         if bytes < SLAB_SIZE {
             return Err(AllocError);
         }
-        let st = self.state();
+        let st = match self.view() {
+            View::Full(st) => st,
+            // A seed holds no slab: the limit waits for the state.
+            View::Seed(seed) if seed.set_limit(bytes) => return Ok(()),
+            View::Seed(seed) => seed.full().expect("grown"),
+        };
         if bytes != usize::MAX {
             // Spans threads keep are freed memory: back to the pool (a
             // limited arena keeps none).
@@ -121,7 +126,13 @@ impl SmallMidArena {
     /// ```
     pub fn contains(&self, ptr: *const u8) -> bool {
         let addr = ptr as usize;
-        let pool = lock(&self.state().heap.pool);
+        if self.seed().is_some_and(|s| s.contains(addr)) {
+            return true;
+        }
+        let Some(st) = self.full() else {
+            return false;
+        };
+        let pool = lock(&st.heap.pool);
         let base = addr & !(SUPERSLAB_SIZE - 1);
         let in_superslab = pool.all_superslabs().iter().any(|ss| {
             // SAFETY: a SuperSlab of ours (pool lock held): a live header.
@@ -159,11 +170,12 @@ impl SmallMidArena {
     /// ```
     pub fn reserve(&self, bytes: usize) -> Result<(), AllocError> {
         let want = bytes.div_ceil(SUPERSLAB_SIZE);
-        let mut pool = lock(&self.state().heap.pool);
+        let st = self.grown()?;
+        let mut pool = lock(&st.heap.pool);
         let Some(more) = want.checked_sub(pool.superslabs).filter(|&m| m > 0) else {
             return Ok(());
         };
-        if bytes > MAX_RESERVE || bytes as u64 > self.state().heap.limit.load(Ordering::Relaxed) {
+        if bytes > MAX_RESERVE || bytes as u64 > st.heap.limit.load(Ordering::Relaxed) {
             return Err(AllocError);
         }
         for _ in 0..more {

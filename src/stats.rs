@@ -105,7 +105,6 @@ impl SmallMidArena {
     /// # drop(v);
     /// ```
     pub fn stats(&self) -> Stats {
-        let st = self.state();
         let mut classes: Vec<ClassStats> = (0..NUM_CLASSES)
             .map(|c| ClassStats {
                 size: CLASS_SIZE[c] as u64,
@@ -120,10 +119,23 @@ impl SmallMidArena {
             s.flushes += k.flushes;
             s.cross_thread_frees += k.cross;
         };
+        // The seed's blocks: each missed a cache.
+        if let Some(seed) = self.seed() {
+            seed.for_each_block(|c, freed| {
+                let k = Counts {
+                    allocs: 1,
+                    frees: freed as u64,
+                    refills: 1,
+                    ..Counts::default()
+                };
+                add(c, k)
+            });
+        }
         // What threads' kept spans counted (see `crate::cache`).
         let mut kept = (0u64, 0u64, 0u64);
-        let large;
-        let thread_caches = {
+        let mut large = (0, 0, 0);
+        let full = self.full();
+        let thread_caches = full.map_or(0, |st| {
             let m = lock(&st.members);
             for c in 0..NUM_CLASSES {
                 // Retired caches' refills and cacheless threads' allocations
@@ -146,7 +158,7 @@ impl SmallMidArena {
                 st.heap.large_bytes.load(Ordering::Relaxed),
             );
             m.caches as u64
-        };
+        });
         for s in &mut classes {
             s.cache_misses = s.refills;
         }
@@ -161,13 +173,16 @@ impl SmallMidArena {
         classes.retain(|s| s.allocs > 0 || s.frees > 0);
         let (large_allocs, large_frees) = (large.0 + kept.0, large.1 + kept.1);
         let large_bytes = large.2.wrapping_add(kept.2);
-        let pool = lock(&st.heap.pool);
+        let (bytes_held, superslabs, huge_bytes) = full.map_or((0, 0, 0), |st| {
+            let pool = lock(&st.heap.pool);
+            (pool.held_bytes(), pool.superslabs, pool.huge_bytes)
+        });
         Stats {
             bytes_in_use: bytes_in_use + large_bytes,
             blocks_in_use: blocks_in_use + large_allocs.saturating_sub(large_frees),
-            bytes_held: pool.held_bytes() as u64,
-            superslabs: pool.superslabs as u64,
-            huge_bytes: pool.huge_bytes as u64,
+            bytes_held: bytes_held as u64,
+            superslabs: superslabs as u64,
+            huge_bytes: huge_bytes as u64,
             thread_caches,
             large_allocs,
             large_frees,
@@ -346,6 +361,7 @@ pub fn global_stats() -> GlobalStats {
 /// ```
 pub fn trim_warm_cache() -> usize {
     crate::arena::release_spares();
+    crate::arena::trim_seeds();
     crate::huge_cache::trim();
     warm::trim()
 }

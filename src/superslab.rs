@@ -57,6 +57,21 @@ pub(crate) struct SuperSlab {
 }
 
 impl SuperSlab {
+    /// The owner a SuperSlab of arenas' seeds names: no heap (never
+    /// followed; see [`Self::is_seeds`]).
+    pub(crate) const SEEDS: *const Heap = core::ptr::without_provenance(1);
+
+    /// Whether the SuperSlab at `ss` holds seeds, not a heap's slabs: its
+    /// blocks belong to no slab (see `arena::seed`).
+    ///
+    /// # Safety
+    /// `ss` is a live header.
+    #[inline]
+    pub(crate) unsafe fn is_seeds(ss: *const SuperSlab) -> bool {
+        // SAFETY: per contract.
+        unsafe { (*ss).owner == Self::SEEDS }
+    }
+
     /// Writes a fresh header for `owner` at `base`, every slab free, with
     /// room for `state` bytes of the owner's at [`STATE_OFFSET`]: blocks
     /// of a mixed slab 0 start right after them, so an arena's first

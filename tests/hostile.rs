@@ -35,6 +35,7 @@ fn spare_from_other_thread_pins_slabs_against_limit() {
             unsafe { a.deallocate(p.cast(), layout(s)) };
         }
         let b = SmallMidArena::new();
+        b.reserve(1).unwrap(); // grown: past its seed (a seed's drop recycles nothing)
         drop(a); // a -> T's spare, reset, T's cache keeps 14 slabs
         drop(b); // b -> T's spare, a -> shared spares
         to_main.send(()).unwrap();

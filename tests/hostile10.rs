@@ -465,6 +465,8 @@ fn typed_handles_of_over_aligned_types() {
         assert_eq!(&*p as *const T as usize % al, 0);
     }
     let a = SmallMidArena::new();
+    a.reserve(1).unwrap(); // grown: past its seed
+
     // Some small blocks first so the carve point is at odd offsets.
     let _pad: Vec<_> = (0..7).map(|i| a.alloc([i as u8; 24])).collect();
     probe(&a, A128([1, 2, 3]));
@@ -586,6 +588,7 @@ fn stats_and_audit_follow_the_serving_class() {
 fn memory_limit_with_over_aligned_small_layouts() {
     for align in [128usize, 256, 512, 1024, 4096] {
         let a = SmallMidArena::builder().memory_limit(64 << 10).build();
+        a.reserve(1).unwrap(); // grown: past its seed (seed blocks are not reused)
         let lay = l(100, align);
         let mut v = Vec::new();
         while let Ok(b) = a.allocate(lay) {
@@ -622,6 +625,7 @@ fn memory_limit_with_over_aligned_small_layouts() {
 #[test]
 fn limited_arena_serves_over_aligned_next_to_small_blocks() {
     let a = SmallMidArena::builder().memory_limit(64 << 10).build();
+    a.reserve(1).unwrap(); // grown: past its seed (the small block is a slab's)
     let small = a.allocate(l(24, 8)).unwrap();
     let r = a.allocate(l(100, 256));
     let held = a.allocated_bytes();

@@ -127,6 +127,7 @@ fn assert_clean(a: &SmallMidArena, what: &str) {
 /// Afterwards this thread's spare is a fresh arena.
 fn park(a: SmallMidArena) {
     let b = SmallMidArena::new();
+    b.reserve(1).unwrap(); // grown: past its seed (a seed's drop recycles nothing)
     drop(a); // `a` becomes this thread's spare
     drop(b); // `b` replaces it: `a` goes to the shared spares
 }
@@ -134,7 +135,15 @@ fn park(a: SmallMidArena) {
 /// Takes an arena on a thread with no spare of its own (from the shared
 /// spares when there is one), and hands it back.
 fn take_elsewhere() -> SmallMidArena {
-    std::thread::scope(|s| s.spawn(SmallMidArena::new).join().unwrap())
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let a = SmallMidArena::new();
+            a.reserve(1).unwrap(); // grown: a seed takes a shared spare when it grows
+            a
+        })
+        .join()
+        .unwrap()
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -441,6 +450,7 @@ fn chunked_threads_exit_around_parking() {
         smallmid::trim_warm_cache();
         const N: usize = 4;
         let arena = Arc::new(SmallMidArena::new());
+        arena.reserve(1).unwrap(); // grown: past its seed (its state is the id)
         let bar = Barrier::new(N + 1);
         let id = state_of(&arena);
         let arena = std::thread::scope(|s| {
@@ -560,6 +570,7 @@ fn four_thread_arena_dropped_on_one_then_parked() {
     smallmid::trim_warm_cache();
     const N: usize = 4;
     let shared = Arc::new(SmallMidArena::new());
+    shared.reserve(1).unwrap(); // grown: past its seed (its state is the id)
     let id = state_of(&shared);
     let bar = Barrier::new(N + 1);
     let (tx, rx) = mpsc::channel::<SmallMidArena>();
@@ -640,6 +651,7 @@ fn kept_spans_then_parked() {
     let _g = serial();
     smallmid::trim_warm_cache();
     let a = SmallMidArena::new();
+    a.reserve(1).unwrap(); // grown: past its seed (its state is the id)
     let id = state_of(&a);
     let sizes = [
         33 * KIB,
@@ -703,6 +715,7 @@ fn limit_after_parking_many_slab_caches() {
     let _g = serial();
     smallmid::trim_warm_cache();
     let a = Arc::new(SmallMidArena::new());
+    a.reserve(1).unwrap(); // grown: past its seed (its state is the id)
     let id = state_of(&a);
     std::thread::scope(|s| {
         for i in 0..3 {
@@ -722,9 +735,13 @@ fn limit_after_parking_many_slab_caches() {
     park(a);
     let limit = 4 * SLAB;
     let b = std::thread::scope(|s| {
-        s.spawn(move || SmallMidArena::builder().memory_limit(limit).build())
-            .join()
-            .unwrap()
+        s.spawn(move || {
+            let b = SmallMidArena::builder().memory_limit(limit).build();
+            b.reserve(1).unwrap(); // grown: a seed takes a shared spare when it grows
+            b
+        })
+        .join()
+        .unwrap()
     });
     assert_eq!(
         state_of(&b),
@@ -854,11 +871,18 @@ fn shared_arena_hops_and_comes_back_clean() {
             assert_eq!(sa.stats().blocks_in_use, 0);
             // Last handle: dropped here, then pushed out to the spares.
             let other = SmallMidArena::new();
+            other.reserve(1).unwrap(); // grown: past its seed (a seed's drop recycles nothing)
             drop(sa);
             drop(other);
         });
         t.join().unwrap();
-        let fresh = std::thread::spawn(SharedArena::new).join().unwrap();
+        let fresh = std::thread::spawn(|| {
+            let sa = SharedArena::new();
+            sa.reserve(1).unwrap(); // grown: a seed takes a shared spare when it grows
+            sa
+        })
+        .join()
+        .unwrap();
         assert_clean(&fresh, "shared arena from the spares");
         let b = fresh.alloc([7u8; 100]);
         let s = exact(&fresh, 1, "one box");

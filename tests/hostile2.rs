@@ -333,6 +333,7 @@ fn parked_ranges_taken_by_other_thread() {
                 unsafe { a.deallocate(p.cast(), layout(s)) };
             }
             let b = SmallMidArena::new();
+            b.reserve(1).unwrap(); // grown: past its seed (a seed's drop recycles nothing)
             drop(a); // T's spare
             drop(b); // b: T's spare; a -> shared, T's cache parked
             rx.recv().unwrap();

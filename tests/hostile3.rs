@@ -120,6 +120,7 @@ fn exhausted_mixed_range_is_released_twice_over_live_blocks() {
     let _g = serial();
     on_fresh_thread(|| {
         let a = SmallMidArena::new();
+        a.reserve(1).unwrap(); // grown: past its seed
         let l8 = Layout::new::<u64>();
         let (carved, extra) = exhaust_mixed_with_u64(&a);
         let range = carved.len() * 8;
@@ -187,6 +188,7 @@ fn exhausted_mixed_range_flush_underflows_mixed_count() {
     let _g = serial();
     let a = on_fresh_thread(|| {
         let a = SmallMidArena::new();
+        a.reserve(1).unwrap(); // grown: past its seed
         let l8 = Layout::new::<u64>();
         let (carved, extra) = exhaust_mixed_with_u64(&a);
         for p in carved.into_iter().chain([extra]) {
@@ -233,6 +235,8 @@ fn mixed_slab_ending_on_a_4gib_boundary() {
         let mut found = None;
         for _ in 0..9000 {
             let a = SmallMidArena::new();
+            a.reserve(1).unwrap(); // grown: past its seed (Debug names the grown state)
+
             // The arena state sits in the home SuperSlab's header area.
             let dbg = format!("{a:?}");
             let hex = dbg.split("0x").nth(1).unwrap();
@@ -291,6 +295,7 @@ fn limit_reclaim_strands_the_mixed_range() {
     let _g = serial();
     on_fresh_thread(|| {
         let a = SmallMidArena::builder().memory_limit(1 << 20).build();
+        a.reserve(1).unwrap(); // grown: past its seed
         let l8 = Layout::new::<u64>();
         let x = a.allocate(l8).unwrap();
         // (A limited arena that takes no mixed slab passes trivially.)
@@ -329,6 +334,7 @@ fn flush_thread_cache_strands_the_mixed_range_under_limit() {
     let _g = serial();
     on_fresh_thread(|| {
         let a = SmallMidArena::builder().memory_limit(1 << 20).build();
+        a.reserve(1).unwrap(); // grown: past its seed
         let l8 = Layout::new::<u64>();
         let x = a.allocate(l8).unwrap();
         let span = l(SLAB, 8);
@@ -366,6 +372,7 @@ fn set_memory_limit_after_mixed_range_taken_strands_it() {
     let _g = serial();
     on_fresh_thread(|| {
         let a = SmallMidArena::new();
+        a.reserve(1).unwrap(); // grown: past its seed
         let l8 = Layout::new::<u64>();
         let x = a.allocate(l8).unwrap();
         assert_eq!(a.audit().mixed_slabs, 1);
@@ -413,6 +420,7 @@ fn wrong_class_free_of_mixed_block_is_not_caught() {
     let _g = serial();
     on_fresh_thread(|| {
         let a = SmallMidArena::new();
+        a.reserve(1).unwrap(); // grown: past its seed
         let (l64, l128) = (l(64, 8), l(128, 8));
         let p = a.allocate(l64).unwrap();
         let q = a.allocate(l64).unwrap();
@@ -448,6 +456,8 @@ fn reset_keeps_class_slabs_of_classes_never_used() {
     let _g = serial();
     on_fresh_thread(|| {
         let mut a = SmallMidArena::new();
+        a.reserve(1).unwrap(); // grown: past its seed
+
         // This thread uses 8-byte blocks only (from its mixed range).
         let p = a.allocate(Layout::new::<u64>()).unwrap();
         // SAFETY: allocated just above.
@@ -497,6 +507,7 @@ fn exhausted_padded_range_returns_once() {
     let _g = serial();
     on_fresh_thread(|| {
         let a = SmallMidArena::new();
+        a.reserve(1).unwrap(); // grown: past its seed
         let (l8, l16) = (l(8, 8), l(16, 16));
         let mut blocks = Vec::new();
         let first = a.allocate(l8).unwrap().cast::<u8>().as_ptr() as usize;

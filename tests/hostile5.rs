@@ -807,6 +807,7 @@ fn one_slab_arena_refilled_after_a_refusal() {
 #[test]
 fn a_refused_thread_never_gets_a_mixed_range() {
     let a = SmallMidArena::builder().memory_limit(2 * SLAB).build();
+    a.reserve(1).unwrap(); // grown: past its seed
     let (full, freed) = (Barrier::new(2), Barrier::new(2));
     std::thread::scope(|s| {
         s.spawn(|| {

@@ -46,7 +46,10 @@ fn model_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
         let f = f.clone();
         thread::spawn(move || f()).join().unwrap();
         // Let every thread's exit finish (caches returned, spare arenas
-        // destroyed) before the model's globals go.
+        // destroyed) before the model's globals go; then give back the
+        // SuperSlab of seeds each shard keeps for its next arena.
+        eventually(|| global_stats().threads == 0);
+        thread::spawn(smallmid::trim_warm_cache).join().unwrap();
         eventually(|| {
             let g = global_stats();
             g.threads == 0 && g.superslabs_in_use == 0
@@ -60,6 +63,10 @@ fn model_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
     );
 }
 
+const L16: Layout = match Layout::from_size_align(16, 8) {
+    Ok(l) => l,
+    Err(_) => panic!(),
+};
 const L256: Layout = match Layout::from_size_align(256, 8) {
     Ok(l) => l,
     Err(_) => panic!(),
@@ -265,8 +272,12 @@ fn thread_exit_races_slot_takeover() {
 fn warm_cache_two_drops_one_create() {
     model(|| {
         smallmid::set_warm_cache_limit(1 << 20);
+        // Grown (a SuperSlab each), past their seeds; a3's seed holds the
+        // SuperSlab of seeds in use to the end.
         let a1 = SmallMidArena::new();
+        a1.reserve(1).unwrap();
         let a2 = SmallMidArena::new();
+        a2.reserve(1).unwrap();
         let t1 = thread::spawn(move || drop(a1));
         let t2 = thread::spawn(move || drop(a2));
         let a3 = SmallMidArena::new();
@@ -277,7 +288,7 @@ fn warm_cache_two_drops_one_create() {
         // exits destroy them (loom's join does not wait for that).
         eventually(|| {
             let g = global_stats();
-            g.superslabs_in_use == 1
+            g.superslabs_in_use == 2
                 && g.mmaps - g.munmaps == (g.warm_superslabs + g.superslabs_in_use) as u64
         });
         let g = global_stats();
@@ -391,6 +402,7 @@ fn slot_chunk_publication() {
     model(|| {
         first_thread_index(64);
         let arena = Arc::new(SmallMidArena::new());
+        arena.reserve(1).unwrap(); // grown: the race is the slots'
         let ts: Vec<_> = (0..2u8)
             .map(|i| {
                 let a = arena.clone();
@@ -575,5 +587,26 @@ fn kept_span_reclaim_races_owner() {
         );
         assert_eq!(audit.span_slabs, 0, "{audit:?}");
         assert_eq!(arena.allocated_bytes(), 0);
+    });
+}
+
+/// 17. An arena leaves its seed while another thread carves from it: one
+///     thread takes a small block (from the seed, or from the state if the
+///     other grew it first), the other a block too big for the seed (the
+///     arena grows); each block is freed on the other thread. Nothing is
+///     handed out twice, lost or left counted.
+#[test]
+fn seed_growth_races_a_seed_block() {
+    model(|| {
+        let arena = Arc::new(SmallMidArena::new());
+        let a2 = arena.clone();
+        let t = thread::spawn(move || alloc(&a2, L16, 1));
+        let big = alloc(&arena, L1K, 2);
+        let small = t.join().unwrap();
+        free(&arena, small);
+        let a3 = arena.clone();
+        thread::spawn(move || free(&a3, big)).join().unwrap();
+        let s = arena.stats();
+        assert_eq!((s.blocks_in_use, s.superslabs), (0, 1), "{s}");
     });
 }

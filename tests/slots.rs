@@ -141,7 +141,13 @@ fn hopping_arenas_shed_their_second_cache_and_lose_nothing() {
     common::settle(base_threads);
     // Arenas from the spares: whatever their caches held went back (an
     // idle cache freed with its ranges would leave them out for good).
-    let arenas: Vec<_> = (0..80).map(|_| SmallMidArena::new()).collect();
+    let arenas: Vec<_> = (0..80)
+        .map(|_| {
+            let a = SmallMidArena::new();
+            a.reserve(1).unwrap(); // grown: a seed takes a shared spare when it grows
+            a
+        })
+        .collect();
     for a in &arenas {
         let s = a.stats();
         assert_eq!(s.blocks_in_use, 0);

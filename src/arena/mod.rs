@@ -34,9 +34,11 @@ use core::ptr::{null_mut, NonNull};
 use smallvec::SmallVec;
 
 mod members;
+mod seed;
 mod threads;
 use members::{ChunkTable, INLINE_SLOTS};
 pub(crate) use members::{Link, Member, Members, MAX_TIDS};
+pub(crate) use seed::{trim as trim_seeds, Seed};
 use threads::ThreadRecord;
 
 /// Largest arena kept as a spare, in SuperSlabs.
@@ -62,6 +64,9 @@ pub(crate) struct ArenaState {
     pub(crate) first: Member,
     /// Live blocks, under the `checked` feature (else nothing).
     pub(crate) checked: Checked,
+    /// The seed the arena started in, while its blocks may live (see
+    /// [`seed`]); null for an arena made whole.
+    seed: AtomicPtr<Seed>,
 }
 
 // The state sits in its home SuperSlab's slab 0, after the header.
@@ -82,6 +87,11 @@ const _: () = assert!(core::mem::align_of::<ArenaState>() <= 64);
 /// The handle is one pointer; the state it points to never moves, so the
 /// handle may be moved (into an `Arc`, across threads) while blocks are live.
 ///
+/// A new arena with no warm spare at hand starts as a 256-byte seed,
+/// shared with other arenas' seeds, that serves its first few small
+/// blocks; it grows its full state (and its first SuperSlab) when a block
+/// does not fit. So many small arenas cost what they hold.
+///
 /// # Example
 /// ```
 /// use allocator_api2::vec::Vec;
@@ -93,7 +103,18 @@ const _: () = assert!(core::mem::align_of::<ArenaState>() <= 64);
 /// assert_eq!(v.iter().sum::<u32>(), 6);
 /// ```
 pub struct SmallMidArena {
-    state: NonNull<ArenaState>,
+    /// The arena's state, or its seed (tagged with [`SEEDED`]) until the
+    /// arena grows: then the state, for good.
+    state: AtomicPtr<ArenaState>,
+}
+
+/// The tag of a handle still pointing to its seed.
+const SEEDED: usize = 1;
+
+/// What a handle points to.
+pub(crate) enum View<'a> {
+    Full(&'a ArenaState),
+    Seed(&'a Seed),
 }
 
 // SAFETY: all shared state behind the handle is synchronized: per-thread
@@ -105,8 +126,10 @@ unsafe impl Sync for SmallMidArena {}
 impl SmallMidArena {
     /// Creates an arena with default settings.
     ///
-    /// Takes this thread's recycled spare arena (no lock, no system call)
-    /// or one SuperSlab from the warm cache, or maps one.
+    /// Takes this thread's recycled spare arena (no lock, no system call),
+    /// else a 256-byte seed shared with other arenas' seeds, which serves
+    /// the first small blocks; the arena grows its state (a spare of any
+    /// thread, or a SuperSlab) when a block does not fit.
     ///
     /// # Panics
     /// If the OS refuses memory; see [`Self::try_new`].
@@ -151,10 +174,73 @@ impl SmallMidArena {
         }
     }
 
+    fn with(state: *mut ArenaState) -> Self {
+        thread::count_live(1);
+        SmallMidArena {
+            state: AtomicPtr::new(state),
+        }
+    }
+
+    /// The state, or the seed of an arena that has not grown (as far as
+    /// this thread has seen: the seed then names the state).
     #[inline(always)]
-    pub(crate) fn state(&self) -> &ArenaState {
-        // SAFETY: the state lives until this handle is dropped.
-        unsafe { self.state.as_ref() }
+    pub(crate) fn view(&self) -> View<'_> {
+        // Acquire: a state grown by another thread is read through it.
+        let p = self.state.load(Ordering::Acquire);
+        if p.addr() & SEEDED == 0 {
+            // SAFETY: the state lives until this handle is dropped.
+            View::Full(unsafe { &*p })
+        } else {
+            // SAFETY: as above, for the seed.
+            View::Seed(unsafe { &*p.map_addr(|a| a & !SEEDED).cast::<Seed>() })
+        }
+    }
+
+    /// The full state, if the arena grew one.
+    pub(crate) fn full(&self) -> Option<&ArenaState> {
+        match self.view() {
+            View::Full(st) => Some(st),
+            View::Seed(seed) => seed.full(),
+        }
+    }
+
+    /// The full state, grown now if the arena has none.
+    ///
+    /// # Errors
+    /// `AllocError` if no memory can be had for it.
+    #[inline]
+    pub(crate) fn grown(&self) -> Result<&ArenaState, AllocError> {
+        match self.view() {
+            View::Full(st) => Ok(st),
+            View::Seed(seed) => self.grow(seed),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow<'a>(&'a self, seed: &'a Seed) -> Result<&'a ArenaState, AllocError> {
+        let st = seed.grow().ok_or(AllocError)?;
+        self.grown_to(st);
+        Ok(st)
+    }
+
+    /// Points the handle at the state its seed grew (it may still point
+    /// to the seed when another thread, or an `ArenaBox`, grew it).
+    #[cold]
+    pub(crate) fn grown_to(&self, st: &ArenaState) {
+        // Release: the state's fields before its address (see `view`).
+        let p = st as *const ArenaState as *mut ArenaState;
+        self.state.store(p, Ordering::Release);
+    }
+
+    /// The seed the arena started in, while its blocks may live.
+    pub(crate) fn seed(&self) -> Option<&Seed> {
+        match self.view() {
+            View::Seed(seed) => Some(seed),
+            // SAFETY: a state's seed lives until its reset or drop, which
+            // take the handle exclusively.
+            View::Full(st) => unsafe { st.seed.load(Ordering::Relaxed).as_ref() },
+        }
     }
 
     /// Frees every block of the arena at once and keeps its memory warm for
@@ -187,9 +273,18 @@ impl SmallMidArena {
     /// }
     /// ```
     pub fn reset(&mut self) {
-        // SAFETY: `&mut self` proves no borrow of the arena is alive, so no
-        // other thread allocates or frees here and no block is used again.
-        unsafe { self.state().reset_all() };
+        match self.view() {
+            View::Seed(seed) if seed.full().is_none() => seed.rewind(),
+            _ => {
+                let st = self.full().expect("grown");
+                // The reset frees the seed: the handle must not name it.
+                self.grown_to(st);
+                // SAFETY: `&mut self` proves no borrow of the arena is
+                // alive, so no other thread allocates or frees here and no
+                // block is used again.
+                unsafe { st.reset_all() }
+            }
+        }
     }
 
     /// Returns the blocks the calling thread's front cache holds for this
@@ -205,7 +300,9 @@ impl SmallMidArena {
     /// arena.flush_thread_cache();
     /// ```
     pub fn flush_thread_cache(&self) {
-        self.state().flush_current_thread();
+        if let Some(st) = self.full() {
+            st.flush_current_thread();
+        }
     }
 
     /// The memory limit this arena was built with (`usize::MAX` if none).
@@ -217,7 +314,15 @@ impl SmallMidArena {
     /// assert_eq!(smallmid::SmallMidArena::new().memory_limit(), usize::MAX);
     /// ```
     pub fn memory_limit(&self) -> usize {
-        self.state().heap.limit.load(Ordering::Relaxed) as usize
+        match self.view() {
+            View::Seed(seed) if seed.full().is_none() => seed.limit(),
+            _ => self
+                .full()
+                .expect("grown")
+                .heap
+                .limit
+                .load(Ordering::Relaxed) as usize,
+        }
     }
 }
 
@@ -231,8 +336,14 @@ impl Default for SmallMidArena {
 impl fmt::Debug for SmallMidArena {
     /// Cheap: no lock, no walk (see [`SmallMidArena::stats`] for counters).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The grown state if any, else the seed (tagged).
+        let state = self
+            .full()
+            .map_or(self.state.load(Ordering::Relaxed), |st| {
+                st as *const ArenaState as *mut ArenaState
+            });
         f.debug_struct("SmallMidArena")
-            .field("state", &self.state)
+            .field("state", &state)
             .field("memory_limit", &self.memory_limit())
             .finish()
     }
@@ -241,9 +352,18 @@ impl fmt::Debug for SmallMidArena {
 impl Drop for SmallMidArena {
     fn drop(&mut self) {
         thread::count_live(-1);
+        let state = match self.view() {
+            View::Full(st) => st as *const ArenaState as *mut ArenaState,
+            View::Seed(seed) => match seed.full() {
+                Some(st) => st as *const ArenaState as *mut ArenaState,
+                // SAFETY: we hold the only handle: the seed and its blocks
+                // are dead from now on.
+                None => return unsafe { seed::release(NonNull::from(seed)) },
+            },
+        };
         // SAFETY: we hold the only handle, so no allocation or free of ours
         // is in flight and every block is dead from now on.
-        unsafe { ArenaState::recycle_or_destroy(self.state.as_ptr()) }
+        unsafe { ArenaState::recycle_or_destroy(state) }
         crate::huge_cache::tick();
         crate::warm::tick();
     }
@@ -366,6 +486,8 @@ impl ArenaState {
     /// # Safety
     /// The arena is owned exclusively and none of its blocks is used again.
     pub(crate) unsafe fn reset_all(&self) {
+        // SAFETY: forwarded contract.
+        unsafe { self.drop_seed() };
         // SAFETY: forwarded contract.
         if unsafe { self.rewind_clean() } {
             return;
@@ -547,6 +669,57 @@ impl ArenaState {
         true
     }
 
+    /// Names `seed` as the one this fresh state grew from.
+    fn adopt_seed(&self, seed: &Seed) {
+        let p = seed as *const Seed as *mut Seed;
+        self.seed.store(p, Ordering::Relaxed);
+    }
+
+    /// Frees the seed the arena started in: its blocks are dead.
+    ///
+    /// # Safety
+    /// The arena is owned exclusively and none of its blocks is used again.
+    unsafe fn drop_seed(&self) {
+        if let Some(seed) = NonNull::new(self.seed.swap(null_mut(), Ordering::Relaxed)) {
+            // SAFETY: forwarded contract; the handle names the state now.
+            unsafe { seed::release(seed) };
+        }
+    }
+
+    /// A state for a new arena limited to `limit` bytes: a spare (this
+    /// thread's, else a shared one) if one fits, else made in a SuperSlab
+    /// from the warm cache (or mapped); `None` if the OS refuses memory.
+    pub(crate) fn create(limit: usize) -> Option<NonNull<ArenaState>> {
+        take_spare(limit, true).or_else(|| ArenaState::make(limit))
+    }
+
+    /// A state made in a fresh SuperSlab (see [`Self::create`]).
+    fn make(limit: usize) -> Option<NonNull<ArenaState>> {
+        // An arena's first SuperSlab: sparse (not huge-paged).
+        let base = warm::acquire(false)?.as_ptr();
+        // SAFETY: the SuperSlab is ours; the state fits in its META area
+        // (asserted above) right after the header.
+        unsafe {
+            let state = base.add(STATE_OFFSET).cast::<ArenaState>();
+            // Raw projections: the owner pointers keep the provenance of
+            // the whole state, so `of_heap` may reach past the heap.
+            let heap = core::ptr::addr_of_mut!((*state).heap);
+            let home = SuperSlab::init(base, heap, core::mem::size_of::<ArenaState>());
+            state.write(ArenaState {
+                heap: Heap::new(heap, home, limit),
+                slots: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
+                chunks: AtomicPtr::new(null_mut()),
+                members: Mutex::new(Members::new()),
+                first: Member::new(state),
+                checked: Checked::new(),
+                seed: AtomicPtr::new(null_mut()),
+            });
+            let first = &(*state).first as *const Member as *mut Member;
+            lock(&(*state).members).idle.push(first);
+            Some(NonNull::new_unchecked(state))
+        }
+    }
+
     /// The calling thread's cache here, if attached.
     fn own_cache(&self) -> Option<&ThreadCache> {
         self.member().map(|m| &m.cache)
@@ -561,6 +734,7 @@ impl ArenaState {
         // SAFETY: live until here; exclusive (contract).
         unsafe {
             let a = &*state;
+            a.drop_seed();
             a.detach(u32::MAX); // every cache, the calling thread's too
             a.free_caches(&mut lock(&a.members));
             let superslabs = {
@@ -607,7 +781,8 @@ impl Builder {
     /// 57 KiB of blocks up to 1 KiB (the arena's state takes the rest of
     /// its first slab), and a larger block needs a slab of its own.
     ///
-    /// Not counted: the arena's state and the address space of its
+    /// Not counted: the arena's state (and its seed, whose 192 bytes hold
+    /// its first small blocks) and the address space of its
     /// SuperSlabs (free slabs are not used memory; a limited arena takes
     /// no new huge-paged SuperSlab, and emptied slabs of small-paged ones
     /// are decommitted past a process-wide bound, see the README's Design).
@@ -665,38 +840,22 @@ impl Builder {
     /// # Ok::<(), smallmid::AllocError>(())
     /// ```
     pub fn try_build(self) -> Result<SmallMidArena, AllocError> {
-        if self.memory_limit < SLAB_SIZE {
+        let limit = self.memory_limit;
+        if limit < SLAB_SIZE {
             return Err(AllocError);
         }
-        if let Some(state) = take_spare(self.memory_limit) {
-            thread::count_live(1);
-            return Ok(SmallMidArena { state });
+        // This thread's spare: warm, no lock. Else a seed (under `checked`,
+        // whose records live in the state, a state made whole).
+        if let Some(state) = take_spare(limit, false) {
+            return Ok(SmallMidArena::with(state.as_ptr()));
         }
-        // An arena's first SuperSlab: sparse (not huge-paged).
-        let base = warm::acquire(false).ok_or(AllocError)?.as_ptr();
-        // SAFETY: the SuperSlab is ours; the state fits in its META area
-        // (asserted above) right after the header.
-        unsafe {
-            let state = base.add(STATE_OFFSET).cast::<ArenaState>();
-            // Raw projections: the owner pointers keep the provenance of
-            // the whole state, so `of_heap` may reach past the heap.
-            let heap = core::ptr::addr_of_mut!((*state).heap);
-            let home = SuperSlab::init(base, heap, core::mem::size_of::<ArenaState>());
-            state.write(ArenaState {
-                heap: Heap::new(heap, home, self.memory_limit),
-                slots: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
-                chunks: AtomicPtr::new(null_mut()),
-                members: Mutex::new(Members::new()),
-                first: Member::new(state),
-                checked: Checked::new(),
-            });
-            let first = &(*state).first as *const Member as *mut Member;
-            lock(&(*state).members).idle.push(first);
-            thread::count_live(1);
-            Ok(SmallMidArena {
-                state: NonNull::new_unchecked(state),
-            })
+        if cfg!(feature = "checked") {
+            let state = ArenaState::create(limit).ok_or(AllocError)?;
+            return Ok(SmallMidArena::with(state.as_ptr()));
         }
+        let seed = seed::new_seed(limit).ok_or(AllocError)?;
+        let tagged = seed.as_ptr().cast::<ArenaState>().map_addr(|a| a | SEEDED);
+        Ok(SmallMidArena::with(tagged))
     }
 }
 
@@ -807,11 +966,11 @@ impl Spares {
     }
 }
 
-/// A spare arena (this thread's, else a shared one), set to `limit`, if
-/// one fits.
-fn take_spare(limit: usize) -> Option<NonNull<ArenaState>> {
+/// A spare arena (this thread's, else with `shared` a shared one), set to
+/// `limit`, if one fits.
+fn take_spare(limit: usize, shared: bool) -> Option<NonNull<ArenaState>> {
     let own = threads::swap_spare(null_mut()).ok().and_then(NonNull::new);
-    let p = own.or_else(Spares::take)?;
+    let p = own.or_else(|| shared.then(Spares::take).flatten())?;
     // SAFETY: spares are live until destroyed.
     let a = unsafe { p.as_ref() };
     let unlimited = limit == usize::MAX && a.heap.limit.load(Ordering::Relaxed) == u64::MAX;

@@ -170,7 +170,13 @@ fn shared_arena_in_static_threads() {
 
 #[test]
 fn thread_exits_beside_many_live_arenas() {
-    let arenas: Vec<SmallMidArena> = (0..scaled(500)).map(|_| SmallMidArena::new()).collect();
+    let arenas: Vec<SmallMidArena> = (0..scaled(500))
+        .map(|_| {
+            let a = SmallMidArena::new();
+            a.reserve(1).unwrap(); // grown: past its seed (the held block is in a cache)
+            a
+        })
+        .collect();
     let held: Vec<_> = arenas
         .iter()
         .map(|a| a.allocate(Layout::new::<[u64; 4]>()).unwrap())
