@@ -73,22 +73,6 @@ impl SmallMidArena {
         if let Some(seed) = self.seed() {
             seed.for_each_block(|_, freed| seed_blocks += usize::from(!freed));
         }
-        let Some(st) = self.full() else {
-            return Audit {
-                per_class: [0; NUM_CLASSES],
-                blocks_out: 0,
-                class_slabs: 0,
-                mixed_slabs: 0,
-                span_slabs: 0,
-                free_slabs: 0,
-                superslabs: 0,
-                huge_paged: 0,
-                seed_blocks,
-            };
-        };
-        let members = lock(&st.members);
-        let lists: Vec<_> = st.heap.classes.iter().map(lock).collect();
-        let pool = lock(&st.heap.pool);
         let mut a = Audit {
             per_class: [0; NUM_CLASSES],
             blocks_out: 0,
@@ -96,10 +80,17 @@ impl SmallMidArena {
             mixed_slabs: 0,
             span_slabs: 0,
             free_slabs: 0,
-            superslabs: pool.superslabs,
+            superslabs: 0,
             huge_paged: 0,
             seed_blocks,
         };
+        let Some(st) = self.full() else {
+            return a;
+        };
+        let members = lock(&st.members);
+        let lists: Vec<_> = st.heap.classes.iter().map(lock).collect();
+        let pool = lock(&st.heap.pool);
+        a.superslabs = pool.superslabs;
         let mut on_lists = vec![0usize; lists.len()];
         for ss in pool.all_superslabs() {
             let ss = ss.as_ptr() as *const SuperSlab;
