@@ -28,7 +28,8 @@ impl SmallMidArena {
     /// `stats().bytes_in_use`; the difference is free space in used slabs
     /// (and blocks and freed spans that threads' caches keep). An
     /// arena recycled warm by `new()` may start with the slabs its caches
-    /// kept (`flush_thread_cache()` gives them back).
+    /// kept (`flush_thread_cache()` gives them back). An arena still in its
+    /// seed (see [`SmallMidArena::new`]) holds no slab: 0.
     ///
     /// [`Stats::bytes_held`]: crate::Stats::bytes_held
     /// [`Stats::bytes_in_use`]: crate::Stats::bytes_in_use
@@ -148,6 +149,9 @@ impl SmallMidArena {
     /// SuperSlabs count (used or not); huge blocks do not. Under a memory
     /// limit, a reserve larger than the limit is refused (the arena could
     /// never use it); reserved slabs count against the limit once used.
+    ///
+    /// An arena still in its seed grows its state first (see
+    /// [`SmallMidArena::new`]): `reserve(1)` does only that.
     ///
     /// Fully free SuperSlabs past one spare are handed to the process-wide
     /// warm cache when freed again, or when a limit needs room: a reserve
