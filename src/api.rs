@@ -1,6 +1,6 @@
 //! The `Allocator` implementation: a thin adapter over the engine.
 
-use crate::arena::{ArenaState, Seed, SmallMidArena, View};
+use crate::arena::{ArenaState, Front, Member, Seed, SmallMidArena, View};
 use crate::asan;
 use crate::large::{self, huge_header, Kind};
 use crate::os::{HUGE_PAGE, PAGE};
@@ -108,6 +108,55 @@ impl ArenaState {
         self.checked.freed(ptr, layout);
         // SAFETY: forwarded contract.
         unsafe { self.deallocate_block(ptr, layout) }
+    }
+
+    /// Allocates through this thread's member here: the handle's fast
+    /// path, one member lookup for the whole call (see [`Self::alloc_small`]
+    /// for the cost).
+    #[inline(always)]
+    fn allocate_in(&self, m: &Member, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        let block = match class_for(layout.size(), layout.align()) {
+            // SAFETY: this thread owns its cache.
+            Some(class) if layout.size() != 0 => match unsafe { m.cache.alloc(class) } {
+                Some(b) => NonNull::slice_from_raw_parts(b, CLASS_SIZE[class] as usize),
+                None => self.allocate_missed(class, layout)?,
+            },
+            _ => self.allocate_block(layout)?,
+        };
+        self.checked.allocated(block, layout);
+        asan::unpoison(block.cast::<u8>().as_ptr(), block.len());
+        Ok(block)
+    }
+
+    /// A small block this thread's cache had none of.
+    #[cold]
+    #[inline(never)]
+    fn allocate_missed(&self, class: usize, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        match self.alloc_small_slow(class) {
+            Some(b) => Ok(NonNull::slice_from_raw_parts(b, CLASS_SIZE[class] as usize)),
+            None => self.allocate_after_reclaim(layout),
+        }
+    }
+
+    /// Frees through this thread's member here (see [`Self::allocate_in`]).
+    ///
+    /// # Safety
+    /// As for [`Self::deallocate`].
+    #[inline(always)]
+    unsafe fn deallocate_in(&self, m: &Member, ptr: NonNull<u8>, layout: Layout) {
+        self.checked.freed(ptr, layout);
+        match class_for(layout.size(), layout.align()) {
+            Some(class) if layout.size() != 0 => {
+                asan::free_block(ptr.as_ptr(), CLASS_SIZE[class] as usize);
+                // SAFETY: this thread owns its cache; `ptr` per contract.
+                if !unsafe { m.cache.free(class, ptr.as_ptr()) } {
+                    // SAFETY: as above.
+                    unsafe { self.free_small_slow(class, ptr.as_ptr()) }
+                }
+            }
+            // SAFETY: forwarded contract.
+            _ => unsafe { self.deallocate_block(ptr, layout) },
+        }
     }
 
     #[inline(always)]
@@ -393,11 +442,17 @@ impl ArenaState {
 // addresses). Every returned block is aligned to its layout and at least
 // its size.
 unsafe impl Allocator for SmallMidArena {
+    /// The fast path: the front's slot names this thread's member (only a
+    /// state has members), whose cache pops or bumps a block. Whatever
+    /// misses (no member yet, or a seed) takes `allocate_slow`.
     #[inline(always)]
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        match self.view() {
-            View::Full(st) => st.allocate(layout),
-            View::Seed(seed) => self.allocate_seeded(seed, layout),
+        let front = self.front();
+        // SAFETY: the handle's front is live while `self` is.
+        match unsafe { &*front }.member() {
+            // SAFETY: a member lives in a state's slots, never a seed's.
+            Some(m) => unsafe { ArenaState::of_front(front) }.allocate_in(m, layout),
+            None => self.allocate_slow(front, layout),
         }
     }
 
@@ -410,11 +465,13 @@ unsafe impl Allocator for SmallMidArena {
 
     #[inline(always)]
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        match self.view() {
+        let front = self.front();
+        // SAFETY: the handle's front is live while `self` is.
+        match unsafe { &*front }.member() {
+            // SAFETY: as in `allocate`; forwarded trait contract.
+            Some(m) => unsafe { ArenaState::of_front(front).deallocate_in(m, ptr, layout) },
             // SAFETY: forwarded trait contract.
-            View::Full(st) => unsafe { st.deallocate(ptr, layout) },
-            // SAFETY: forwarded trait contract.
-            View::Seed(seed) => unsafe { self.deallocate_seeded(seed, ptr, layout) },
+            None => unsafe { self.deallocate_slow(front, ptr, layout) },
         }
     }
 
@@ -492,6 +549,34 @@ impl Seed {
 /// An arena still in its seed (see `arena::seed`): small blocks from the
 /// seed while they fit, else the arena grows its state and serves there.
 impl SmallMidArena {
+    /// An allocation with no member of this thread at the front: a state's
+    /// first on this thread, or a seed's.
+    #[inline(never)]
+    fn allocate_slow(
+        &self,
+        front: *const Front,
+        layout: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: the handle's front.
+        match unsafe { View::of(front) } {
+            View::Full(st) => st.allocate(layout),
+            View::Seed(seed) => self.allocate_seeded(seed, layout),
+        }
+    }
+
+    /// # Safety
+    /// As for [`Allocator::deallocate`].
+    #[inline(never)]
+    unsafe fn deallocate_slow(&self, front: *const Front, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: the handle's front.
+        match unsafe { View::of(front) } {
+            // SAFETY: forwarded contract.
+            View::Full(st) => unsafe { st.deallocate(ptr, layout) },
+            // SAFETY: forwarded contract.
+            View::Seed(seed) => unsafe { self.deallocate_seeded(seed, ptr, layout) },
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn allocate_seeded(&self, seed: &Seed, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
@@ -526,6 +611,7 @@ impl SmallMidArena {
     ///
     /// # Safety
     /// As for [`ArenaState::relocate`].
+    #[inline(always)]
     unsafe fn relocate(
         &self,
         ptr: NonNull<u8>,
@@ -533,11 +619,28 @@ impl SmallMidArena {
         new: Layout,
         keep: usize,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        let seed = match self.view() {
+        match self.view() {
             // SAFETY: forwarded contract.
-            View::Full(st) => return unsafe { st.relocate(ptr, old, new, keep) },
-            View::Seed(seed) => seed,
-        };
+            View::Full(st) => unsafe { st.relocate(ptr, old, new, keep) },
+            // SAFETY: forwarded contract.
+            View::Seed(seed) => unsafe { self.relocate_seeded(seed, ptr, old, new, keep) },
+        }
+    }
+
+    /// [`Self::relocate`] for an arena the handle names by its seed.
+    ///
+    /// # Safety
+    /// As for [`ArenaState::relocate`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn relocate_seeded(
+        &self,
+        seed: &Seed,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        keep: usize,
+    ) -> Result<NonNull<[u8]>, AllocError> {
         if let Some(st) = seed.full() {
             self.grown_to(st);
             // SAFETY: forwarded contract.

@@ -31,8 +31,9 @@ fn free(a: &SmallMidArena, (p, l): (NonNull<u8>, Layout)) {
 fn allocated_bytes_is_what_the_arena_uses() {
     let _g = serial();
     let a = SmallMidArena::new();
-    // A recycled arena keeps the slabs its caches used warm (in use): the
-    // flush gives them back.
+    // Grown past its seed, maybe as a recycled arena, which keeps the slabs
+    // its caches used warm (in use): the flush gives them back.
+    a.reserve(1).unwrap();
     a.flush_thread_cache();
     assert_eq!(a.allocated_bytes(), 0);
     let small = alloc(&a, 300);
@@ -61,6 +62,7 @@ fn allocated_bytes_is_what_the_arena_uses() {
 fn set_memory_limit_counts_slabs_in_use_then_holds() {
     let _g = serial();
     let a = SmallMidArena::new();
+    a.reserve(1).unwrap(); // grows past the seed: maybe a spare
     a.flush_thread_cache(); // a recycled arena's cache may keep a slab warm
     let spans: Vec<_> = (0..4).map(|_| alloc(&a, SPAN)).collect();
     assert_eq!(a.stats().superslabs, 4);
@@ -181,8 +183,8 @@ fn contains_own_blocks_only() {
 fn reserve_takes_the_system_calls_up_front() {
     let _g = serial();
     let a = SmallMidArena::new();
+    a.reserve(8 * MIB - 1).unwrap(); // grows past the seed: maybe a spare
     a.flush_thread_cache(); // a recycled arena's cache may keep a slab warm
-    a.reserve(8 * MIB - 1).unwrap();
     assert_eq!(a.stats().superslabs, 8);
     assert_eq!(a.allocated_bytes(), 0, "reserved, not used");
     a.reserve(2 * MIB).unwrap(); // already held

@@ -194,7 +194,29 @@ impl Members {
 // SAFETY: the raw cache pointers are only used under the members lock.
 unsafe impl Send for Members {}
 
-impl ArenaState {
+/// What the allocation fast path reads through a handle: the slot table.
+/// The first field of an arena's state and of a seed (whose slots stay
+/// null, so every call on a seed misses and takes the slow path, which
+/// tells the two apart by `seed`).
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Front {
+    pub(crate) slots: [AtomicPtr<Member>; INLINE_SLOTS],
+    /// Slots past the inline ones (see the module docs), made on demand.
+    pub(crate) chunks: AtomicPtr<ChunkTable>,
+    /// A seed's front (fixed).
+    pub(crate) seed: bool,
+}
+
+impl Front {
+    pub(crate) fn new(seed: bool) -> Front {
+        Front {
+            slots: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
+            chunks: AtomicPtr::new(null_mut()),
+            seed,
+        }
+    }
+
     /// The slot of thread `tid`, creating its chunk (and the chunk table)
     /// if asked.
     pub(crate) fn slot(&self, tid: usize, create: bool) -> Option<&AtomicPtr<Member>> {
@@ -214,7 +236,8 @@ impl ArenaState {
         Some(&chunk[k % CHUNK_SLOTS])
     }
 
-    /// This thread's membership (and cache) in this arena, if it has one.
+    /// This thread's membership (and cache) in this arena, if it has one
+    /// (never in a seed).
     #[inline(always)]
     pub(crate) fn member(&self) -> Option<&Member> {
         let tid = thread::current_tid() as usize;
@@ -229,6 +252,19 @@ impl ArenaState {
         // SAFETY: an attached cache lives until retired, which only this
         // thread or an exclusive owner does.
         (!p.is_null()).then(|| unsafe { &*p })
+    }
+}
+
+impl ArenaState {
+    /// The slot of thread `tid`, creating its chunk if asked.
+    pub(crate) fn slot(&self, tid: usize, create: bool) -> Option<&AtomicPtr<Member>> {
+        self.front.slot(tid, create)
+    }
+
+    /// This thread's membership (and cache) in this arena, if it has one.
+    #[inline(always)]
+    pub(crate) fn member(&self) -> Option<&Member> {
+        self.front.member()
     }
 
     /// Attaches a cache for this thread, unless it cannot have one.
@@ -357,12 +393,12 @@ impl ArenaState {
         while inline != 0 {
             let t = inline.trailing_zeros() as usize;
             inline &= inline - 1;
-            visit(t, &self.slots[t]);
+            visit(t, &self.front.slots[t]);
         }
         if m.chunked == 0 {
             return;
         }
-        let table = self.chunks.load(Ordering::Acquire);
+        let table = self.front.chunks.load(Ordering::Acquire);
         if table.is_null() {
             return;
         }
@@ -436,7 +472,7 @@ impl ArenaState {
     }
 
     fn free_chunks(&self) {
-        let table = self.chunks.swap(null_mut(), Ordering::Relaxed);
+        let table = self.front.chunks.swap(null_mut(), Ordering::Relaxed);
         if table.is_null() {
             return;
         }
@@ -501,7 +537,7 @@ impl ArenaState {
 
     #[cold]
     #[inline(never)]
-    fn alloc_small_slow(&self, class: usize) -> Option<NonNull<u8>> {
+    pub(crate) fn alloc_small_slow(&self, class: usize) -> Option<NonNull<u8>> {
         let Some(m) = self.member_or_attach() else {
             let b = NonNull::new(self.heap.alloc_one(class)?);
             lock(&self.members).count_orphan(class, 1, 0);
@@ -535,7 +571,7 @@ impl ArenaState {
     /// As for [`Self::free_small`].
     #[cold]
     #[inline(never)]
-    unsafe fn free_small_slow(&self, class: usize, b: *mut u8) {
+    pub(crate) unsafe fn free_small_slow(&self, class: usize, b: *mut u8) {
         let Some(m) = self.member_or_attach() else {
             lock(&self.members).count_orphan(class, 0, 1);
             // SAFETY: forwarded contract.

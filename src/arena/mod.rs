@@ -36,7 +36,7 @@ use smallvec::SmallVec;
 mod members;
 mod seed;
 mod threads;
-use members::{ChunkTable, INLINE_SLOTS};
+pub(crate) use members::Front;
 pub(crate) use members::{Link, Member, Members, MAX_TIDS};
 pub(crate) use seed::{trim as trim_seeds, Seed};
 use threads::ThreadRecord;
@@ -46,19 +46,19 @@ const MAX_SPARE_SUPERSLABS: usize = 4;
 
 /// Everything an arena owns, at a fixed address inside its home SuperSlab.
 ///
-/// Invariants: every heap lives in an arena state, as its first field;
+/// Invariants: every heap lives in an arena state, at its `heap` field;
 /// every SuperSlab of its pool names the heap as owner; the cache
 /// slot of thread index `t` is used only by the thread holding `t` (see
 /// [`members`]); a thread whose record lists the arena has a cache in
 /// it (see [`threads`]).
 #[repr(C)]
 pub(crate) struct ArenaState {
-    /// What the arena's threads share behind their caches. First, so that
-    /// a heap's address is its arena's ([`ArenaState::of_heap`]).
+    /// The slot table: first, so that a handle names a state or a seed by
+    /// its front (see [`SmallMidArena`]).
+    pub(crate) front: Front,
+    /// What the arena's threads share behind their caches (a heap finds
+    /// its arena by its offset: [`ArenaState::of_heap`]).
     pub(crate) heap: Heap,
-    pub(crate) slots: [AtomicPtr<Member>; INLINE_SLOTS],
-    /// Slots past the inline ones (see [`members`]), made on demand.
-    pub(crate) chunks: AtomicPtr<ChunkTable>,
     pub(crate) members: Mutex<Members>,
     /// The first thread's membership, so a one-thread arena allocates none.
     pub(crate) first: Member,
@@ -87,7 +87,7 @@ const _: () = assert!(core::mem::align_of::<ArenaState>() <= 64);
 /// The handle is one pointer; the state it points to never moves, so the
 /// handle may be moved (into an `Arc`, across threads) while blocks are live.
 ///
-/// A new arena with no warm spare at hand starts as a 256-byte seed,
+/// A new arena with no warm spare at hand starts as a 512-byte seed,
 /// shared with other arenas' seeds, that serves its first few small
 /// blocks; it grows its full state (and its first SuperSlab) when a block
 /// does not fit. So many small arenas cost what they hold.
@@ -103,13 +103,11 @@ const _: () = assert!(core::mem::align_of::<ArenaState>() <= 64);
 /// assert_eq!(v.iter().sum::<u32>(), 6);
 /// ```
 pub struct SmallMidArena {
-    /// The arena's state, or its seed (tagged with [`SEEDED`]) until the
-    /// arena grows: then the state, for good.
-    state: AtomicPtr<ArenaState>,
+    /// The front of the arena's state, or of its seed until the arena
+    /// grows: then of the state, for good. The fast path reads only the
+    /// front (a seed's slots are null: it misses).
+    state: AtomicPtr<Front>,
 }
-
-/// The tag of a handle still pointing to its seed.
-const SEEDED: usize = 1;
 
 /// What a handle points to.
 pub(crate) enum View<'a> {
@@ -127,7 +125,7 @@ impl SmallMidArena {
     /// Creates an arena with default settings.
     ///
     /// Takes this thread's recycled spare arena (no lock, no system call),
-    /// else a 256-byte seed shared with other arenas' seeds, which serves
+    /// else a 512-byte seed shared with other arenas' seeds, which serves
     /// the first small blocks; the arena grows its state (a spare of any
     /// thread, or a SuperSlab) when a block does not fit.
     ///
@@ -174,26 +172,27 @@ impl SmallMidArena {
         }
     }
 
-    fn with(state: *mut ArenaState) -> Self {
+    fn with(state: *mut Front) -> Self {
         thread::count_live(1);
         SmallMidArena {
             state: AtomicPtr::new(state),
         }
     }
 
+    /// The front the handle names (see the type), with the provenance of
+    /// the whole state or seed. Live until the handle is dropped.
+    #[inline(always)]
+    pub(crate) fn front(&self) -> *const Front {
+        // Acquire: a state grown by another thread is read through it.
+        self.state.load(Ordering::Acquire)
+    }
+
     /// The state, or the seed of an arena that has not grown (as far as
     /// this thread has seen: the seed then names the state).
     #[inline(always)]
     pub(crate) fn view(&self) -> View<'_> {
-        // Acquire: a state grown by another thread is read through it.
-        let p = self.state.load(Ordering::Acquire);
-        if p.addr() & SEEDED == 0 {
-            // SAFETY: the state lives until this handle is dropped.
-            View::Full(unsafe { &*p })
-        } else {
-            // SAFETY: as above, for the seed.
-            View::Seed(unsafe { &*p.map_addr(|a| a & !SEEDED).cast::<Seed>() })
-        }
+        // SAFETY: the handle's front, live while `self` is.
+        unsafe { View::of(self.front()) }
     }
 
     /// The full state, if the arena grew one.
@@ -228,9 +227,8 @@ impl SmallMidArena {
     /// to the seed when another thread, or an `ArenaBox`, grew it).
     #[cold]
     pub(crate) fn grown_to(&self, st: &ArenaState) {
-        // Release: the state's fields before its address (see `view`).
-        let p = st as *const ArenaState as *mut ArenaState;
-        self.state.store(p, Ordering::Release);
+        // Release: the state's fields before its address (see `front`).
+        self.state.store(st.front_ptr(), Ordering::Release);
     }
 
     /// The seed the arena started in, while its blocks may live.
@@ -336,12 +334,10 @@ impl Default for SmallMidArena {
 impl fmt::Debug for SmallMidArena {
     /// Cheap: no lock, no walk (see [`SmallMidArena::stats`] for counters).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The grown state if any, else the seed (tagged).
+        // The grown state if any, else the seed.
         let state = self
             .full()
-            .map_or(self.state.load(Ordering::Relaxed), |st| {
-                st as *const ArenaState as *mut ArenaState
-            });
+            .map_or(self.state.load(Ordering::Relaxed), ArenaState::front_ptr);
         f.debug_struct("SmallMidArena")
             .field("state", &state)
             .field("memory_limit", &self.memory_limit())
@@ -354,11 +350,11 @@ impl Drop for SmallMidArena {
         thread::count_live(-1);
         let state = match self.view() {
             View::Full(st) => st as *const ArenaState as *mut ArenaState,
-            View::Seed(seed) => match seed.full() {
-                Some(st) => st as *const ArenaState as *mut ArenaState,
-                // SAFETY: we hold the only handle: the seed and its blocks
-                // are dead from now on.
-                None => return unsafe { seed::release(NonNull::from(seed)) },
+            // SAFETY: we hold the only handle: the seed and its blocks are
+            // dead from now on.
+            View::Seed(seed) => match unsafe { drop_seeded(seed) } {
+                Some(st) => st,
+                None => return,
             },
         };
         // SAFETY: we hold the only handle, so no allocation or free of ours
@@ -369,7 +365,63 @@ impl Drop for SmallMidArena {
     }
 }
 
+/// Drops an arena still named by its seed: the seed if the arena never
+/// grew, else the grown state is returned for the caller to release.
+///
+/// # Safety
+/// The caller holds the arena's only handle, which is being dropped.
+#[cold]
+unsafe fn drop_seeded(seed: &Seed) -> Option<*mut ArenaState> {
+    match seed.full() {
+        Some(st) => Some(st as *const ArenaState as *mut ArenaState),
+        None => {
+            // SAFETY: per contract the seed and its blocks are dead.
+            unsafe { seed::release(NonNull::from(seed)) };
+            None
+        }
+    }
+}
+
+impl<'a> View<'a> {
+    /// What `front` is the first field of.
+    ///
+    /// # Safety
+    /// `front` is a handle's front: live for `'a`, with the provenance of
+    /// the whole state or seed.
+    #[inline(always)]
+    pub(crate) unsafe fn of(front: *const Front) -> View<'a> {
+        // SAFETY: per contract; a front is the first field of a `repr(C)`
+        // state or seed (see `Front`), which `seed` tells apart.
+        unsafe {
+            if (*front).seed {
+                View::Seed(&*front.cast::<Seed>())
+            } else {
+                View::Full(&*front.cast::<ArenaState>())
+            }
+        }
+    }
+}
+
 impl ArenaState {
+    /// The state whose front `front` is.
+    ///
+    /// # Safety
+    /// `front` is a state's (not a seed's), with the whole state's
+    /// provenance (as from a handle).
+    #[inline(always)]
+    pub(crate) unsafe fn of_front<'a>(front: *const Front) -> &'a ArenaState {
+        // SAFETY: per contract; the front is the state's first field.
+        unsafe {
+            debug_assert!(!(*front).seed);
+            &*front.cast::<ArenaState>()
+        }
+    }
+
+    /// The front of this state, as a handle names it.
+    pub(crate) fn front_ptr(&self) -> *mut Front {
+        (self as *const ArenaState).cast::<Front>().cast_mut()
+    }
+
     /// The arena whose heap `heap` is (the owner a SuperSlab or a huge
     /// block names).
     ///
@@ -379,10 +431,11 @@ impl ArenaState {
     /// live while the result is used.
     #[inline(always)]
     pub(crate) unsafe fn of_heap<'a>(heap: *const Heap) -> &'a ArenaState {
-        // SAFETY: every heap is the first field of a `repr(C)` arena state
-        // (type invariant): same address; per contract live, with its
+        let offset = core::mem::offset_of!(ArenaState, heap);
+        // SAFETY: every heap is the `heap` field of a `repr(C)` arena state
+        // (type invariant); per contract live, with the whole state's
         // provenance.
-        unsafe { &*heap.cast::<ArenaState>() }
+        unsafe { &*heap.byte_sub(offset).cast::<ArenaState>() }
     }
 
     /// Keeps a handle-less arena as this thread's spare (reset), or
@@ -680,7 +733,10 @@ impl ArenaState {
     /// # Safety
     /// The arena is owned exclusively and none of its blocks is used again.
     unsafe fn drop_seed(&self) {
-        if let Some(seed) = NonNull::new(self.seed.swap(null_mut(), Ordering::Relaxed)) {
+        // A load and a store, not a swap: the arena is ours alone (and a
+        // swap on every recycle cost a locked instruction per request).
+        if let Some(seed) = NonNull::new(self.seed.load(Ordering::Relaxed)) {
+            self.seed.store(null_mut(), Ordering::Relaxed);
             // SAFETY: forwarded contract; the handle names the state now.
             unsafe { seed::release(seed) };
         }
@@ -706,9 +762,8 @@ impl ArenaState {
             let heap = core::ptr::addr_of_mut!((*state).heap);
             let home = SuperSlab::init(base, heap, core::mem::size_of::<ArenaState>());
             state.write(ArenaState {
+                front: Front::new(false),
                 heap: Heap::new(heap, home, limit),
-                slots: core::array::from_fn(|_| AtomicPtr::new(null_mut())),
-                chunks: AtomicPtr::new(null_mut()),
                 members: Mutex::new(Members::new()),
                 first: Member::new(state),
                 checked: Checked::new(),
@@ -847,15 +902,15 @@ impl Builder {
         // This thread's spare: warm, no lock. Else a seed (under `checked`,
         // whose records live in the state, a state made whole).
         if let Some(state) = take_spare(limit, false) {
-            return Ok(SmallMidArena::with(state.as_ptr()));
+            return Ok(SmallMidArena::with(state.as_ptr().cast()));
         }
         if cfg!(feature = "checked") {
             let state = ArenaState::create(limit).ok_or(AllocError)?;
-            return Ok(SmallMidArena::with(state.as_ptr()));
+            return Ok(SmallMidArena::with(state.as_ptr().cast()));
         }
         let seed = seed::new_seed(limit).ok_or(AllocError)?;
-        let tagged = seed.as_ptr().cast::<ArenaState>().map_addr(|a| a | SEEDED);
-        Ok(SmallMidArena::with(tagged))
+        // A seed's front is its first field.
+        Ok(SmallMidArena::with(seed.as_ptr().cast()))
     }
 }
 

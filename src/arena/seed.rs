@@ -7,8 +7,12 @@
 //! anything that needs the arena's pool), the arena grows its full state
 //! ([`super::ArenaState`]) and keeps the seed until the seed's blocks die:
 //! the handle's drop, or a reset. So an arena holding a few small values
-//! costs 256 bytes, not the two pages its state and first slab touch:
-//! 100,000 of them fit in 25 MiB and about 25 SuperSlabs.
+//! costs 512 bytes, not the two pages its state and first slab touch:
+//! 100,000 of them fit in 49 MiB and about 50 SuperSlabs.
+//!
+//! A seed starts with a [`Front`] whose slots stay null, so the handle's
+//! fast path (a slot lookup) runs unchanged on a seed and misses; only
+//! the slow path asks which of the two the handle names.
 //!
 //! Everything in a seed is under its lock: the seed phase is an arena's
 //! first few allocations, a cold path, where one uncontended lock beats a
@@ -25,7 +29,7 @@
 //! ending at `top`; `full` is null until the arena grows, then fixed, and
 //! that state's `seed` names this seed until a reset or the drop frees it.
 
-use super::ArenaState;
+use super::{ArenaState, Front};
 use crate::asan;
 use crate::size_class::{CLASS_ALIGN, CLASS_SIZE};
 use crate::superslab::{SuperSlab, STATE_OFFSET, SUPERSLAB_SIZE};
@@ -35,7 +39,7 @@ use crate::warm;
 use core::ptr::{null_mut, with_exposed_provenance_mut, NonNull};
 
 /// Bytes of a seed, and its alignment (so a block's seed is found by
-/// masking its address): 256 (under loom, whose lock is larger, more, for
+/// masking its address): 512 (under loom, whose lock is larger, more, for
 /// the same room).
 pub(crate) const SEED_SIZE: usize = ROOM_END.next_power_of_two();
 /// Bytes of a seed's room.
@@ -48,6 +52,8 @@ const FREED: u8 = 0x80;
 /// See the module docs.
 #[repr(C, align(64))]
 pub(crate) struct Seed {
+    /// Null slots: the fast path misses on a seed (see [`Front`]).
+    front: Front,
     inner: Mutex<SeedInner>,
 }
 
@@ -69,7 +75,7 @@ unsafe impl Send for SeedInner {}
 /// Where a seed's room starts (after its header) and ends.
 pub(crate) const ROOM_FROM: usize = core::mem::size_of::<Seed>();
 const ROOM_END: usize = ROOM_FROM + ROOM;
-const _: () = assert!(cfg!(loom) || SEED_SIZE == 256);
+const _: () = assert!(cfg!(loom) || SEED_SIZE == 512);
 
 impl Seed {
     /// The seed's address, with the provenance of its mapping (exposed by
@@ -350,6 +356,7 @@ pub(crate) fn new_seed(limit: usize) -> Option<NonNull<Seed>> {
     // SAFETY: a seed-sized, aligned slot of a seed SuperSlab, unused.
     unsafe {
         seed.write(Seed {
+            front: Front::new(true),
             inner: Mutex::new(SeedInner {
                 full: null_mut(),
                 limit,
@@ -368,6 +375,8 @@ pub(crate) fn new_seed(limit: usize) -> Option<NonNull<Seed>> {
 /// # Safety
 /// The seed came from [`new_seed`], and neither it nor its blocks are
 /// used again.
+#[cold]
+#[inline(never)]
 pub(crate) unsafe fn release(seed: NonNull<Seed>) {
     let p = seed.as_ptr().cast::<u8>();
     let r: *mut Run =
