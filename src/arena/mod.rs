@@ -349,10 +349,10 @@ impl Drop for SmallMidArena {
     fn drop(&mut self) {
         thread::count_live(-1);
         let state = match self.view() {
-            View::Full(st) => st as *const ArenaState as *mut ArenaState,
+            View::Full(st) => st.as_mut_ptr(),
             // SAFETY: we hold the only handle: the seed and its blocks are
             // dead from now on.
-            View::Seed(seed) => match unsafe { drop_seeded(seed) } {
+            View::Seed(seed) => match unsafe { drop_seeded(seed as *const Seed) } {
                 Some(st) => st,
                 None => return,
             },
@@ -369,14 +369,17 @@ impl Drop for SmallMidArena {
 /// grew, else the grown state is returned for the caller to release.
 ///
 /// # Safety
-/// The caller holds the arena's only handle, which is being dropped.
+/// The caller holds the arena's only handle, which is being dropped, and
+/// `seed` is its seed (a pointer: no reference may live across the
+/// release).
 #[cold]
-unsafe fn drop_seeded(seed: &Seed) -> Option<*mut ArenaState> {
-    match seed.full() {
-        Some(st) => Some(st as *const ArenaState as *mut ArenaState),
+unsafe fn drop_seeded(seed: *const Seed) -> Option<*mut ArenaState> {
+    // SAFETY: per contract live until released below.
+    match unsafe { (*seed).full() } {
+        Some(st) => Some(st.as_mut_ptr()),
         None => {
             // SAFETY: per contract the seed and its blocks are dead.
-            unsafe { seed::release(NonNull::from(seed)) };
+            unsafe { seed::release(NonNull::new(seed.cast_mut()).expect("a seed")) };
             None
         }
     }
@@ -403,6 +406,13 @@ impl<'a> View<'a> {
 }
 
 impl ArenaState {
+    /// A pointer to the state to release it by, with its SuperSlab's
+    /// provenance (exposed by `os::map`): `self` may come from a shared
+    /// reference, which grants no write.
+    fn as_mut_ptr(&self) -> *mut ArenaState {
+        core::ptr::with_exposed_provenance_mut(self as *const ArenaState as usize)
+    }
+
     /// The state whose front `front` is.
     ///
     /// # Safety

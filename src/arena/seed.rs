@@ -378,7 +378,9 @@ pub(crate) fn new_seed(limit: usize) -> Option<NonNull<Seed>> {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn release(seed: NonNull<Seed>) {
-    let p = seed.as_ptr().cast::<u8>();
+    // With the mapping's provenance: callers may name the seed by a
+    // pointer made from a shared reference.
+    let p: *mut u8 = with_exposed_provenance_mut(seed.as_ptr() as usize);
     let r: *mut Run =
         with_exposed_provenance_mut((p as usize & !(SUPERSLAB_SIZE - 1)) + STATE_OFFSET);
     // SAFETY: a live seed's SuperSlab keeps its run; the shard is fixed.
@@ -386,7 +388,7 @@ pub(crate) unsafe fn release(seed: NonNull<Seed>) {
     // SAFETY: per contract ours; the link overwrites the dropped lock; the
     // run is under its shard's lock.
     unsafe {
-        core::ptr::drop_in_place(seed.as_ptr());
+        core::ptr::drop_in_place(p.cast::<Seed>());
         p.cast::<*mut u8>().write((*r).free);
         asan::poison(p.wrapping_add(8), SEED_SIZE - 8);
         let run = &mut *r;
