@@ -210,7 +210,8 @@ impl Seed {
 }
 
 /// The seeds of one SuperSlab, kept at its [`STATE_OFFSET`]: under its
-/// shard's lock. A SuperSlab whose seeds all came back goes to the warm
+/// shard's lock, but for `shard`, which is fixed and read to find the
+/// lock (so the run is only ever accessed field by field). A SuperSlab whose seeds all came back goes to the warm
 /// cache, unless it is its shard's last with room (then at the next
 /// `trim_warm_cache()`).
 struct Run {
@@ -330,21 +331,22 @@ pub(crate) fn new_seed(limit: usize) -> Option<NonNull<Seed>> {
             r if r.is_null() => s.grow(shard)?,
             r => r,
         };
-        // SAFETY: a listed run of this shard, under its lock.
+        // SAFETY: a listed run of this shard, under its lock. Field by
+        // field, never `&mut Run`: another thread reads `shard` before it
+        // takes the lock (see `release`).
         unsafe {
-            let run = &mut *r;
-            let p = if !run.free.is_null() {
-                let p = run.free;
+            let p = if !(*r).free.is_null() {
+                let p = (*r).free;
                 // A freed seed's first word links the free list.
-                run.free = p.cast::<*mut u8>().read();
+                (*r).free = p.cast::<*mut u8>().read();
                 p
             } else {
-                let p: *mut u8 = with_exposed_provenance_mut(run.next);
-                run.next += SEED_SIZE;
+                let p: *mut u8 = with_exposed_provenance_mut((*r).next);
+                (*r).next += SEED_SIZE;
                 p
             };
-            run.live += 1;
-            if run.free.is_null() && run.next == run.end {
+            (*r).live += 1;
+            if (*r).free.is_null() && (*r).next == (*r).end {
                 s.unlink(r);
             }
             p
@@ -391,13 +393,12 @@ pub(crate) unsafe fn release(seed: NonNull<Seed>) {
         core::ptr::drop_in_place(p.cast::<Seed>());
         p.cast::<*mut u8>().write((*r).free);
         asan::poison(p.wrapping_add(8), SEED_SIZE - 8);
-        let run = &mut *r;
-        run.free = p;
-        run.live -= 1;
-        if !run.listed {
+        (*r).free = p;
+        (*r).live -= 1;
+        if !(*r).listed {
             s.link(r);
         }
-        if run.live == 0 && !(run.prev.is_null() && run.after.is_null()) {
+        if (*r).live == 0 && !((*r).prev.is_null() && (*r).after.is_null()) {
             s.give_back(r);
         }
     }
