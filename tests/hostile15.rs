@@ -588,7 +588,11 @@ fn four_thread_arena_dropped_on_one_then_parked() {
                         free(&a, p, l(size, 8));
                     }
                 }
-                for k in 1..=4 {
+                // Spans of 1 and 2 slabs: the arena stays within the 4
+                // SuperSlabs a spare may hold (with 1..=4 it took 5 and was
+                // destroyed: the test passed only while a fresh state landed
+                // at the same address).
+                for k in 1..=2 {
                     free(&a, alloc(&a, l(k * SLAB - 100, 8)), l(k * SLAB - 100, 8));
                 }
                 if i == 0 {

@@ -261,14 +261,20 @@ fn tiny_arenas_share_superslabs() {
         "10,000 seeds over {} SuperSlabs",
         bases.len()
     );
-    // Dropped on another thread; their seeds are made again there.
+    // Dropped on another thread (the seeds go back to their runs, the
+    // emptied SuperSlabs to the warm cache), then made again: the
+    // SuperSlabs in use do not pile up.
+    let during = global_stats().superslabs_in_use;
     std::thread::spawn(move || {
         drop(arenas);
-        let again: Vec<SmallMidArena> = (0..100).map(|_| SmallMidArena::new()).collect();
+        let again: Vec<SmallMidArena> = (0..10_000).map(|_| SmallMidArena::new()).collect();
         for a in &again {
             let p = alloc(a, l(8, 8));
-            assert!(bases.contains(&(p as usize / MIB)), "a seed was not reused");
+            stamp(p, 8, 5);
+            check(p, 8, 5, "a seed made again");
         }
+        let now = global_stats().superslabs_in_use;
+        assert!(now <= during + 1, "{during} SuperSlabs in use, then {now}");
     })
     .join()
     .unwrap();

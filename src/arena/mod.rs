@@ -312,15 +312,14 @@ impl SmallMidArena {
     /// assert_eq!(smallmid::SmallMidArena::new().memory_limit(), usize::MAX);
     /// ```
     pub fn memory_limit(&self) -> usize {
-        match self.view() {
-            View::Seed(seed) if seed.full().is_none() => seed.limit(),
-            _ => self
-                .full()
-                .expect("grown")
-                .heap
-                .limit
-                .load(Ordering::Relaxed) as usize,
-        }
+        let st = match self.view() {
+            View::Full(st) => st,
+            View::Seed(seed) => match seed.limit() {
+                Ok(limit) => return limit,
+                Err(st) => st,
+            },
+        };
+        st.heap.limit.load(Ordering::Relaxed) as usize
     }
 }
 
@@ -549,15 +548,21 @@ impl ArenaState {
     /// # Safety
     /// The arena is owned exclusively and none of its blocks is used again.
     pub(crate) unsafe fn reset_all(&self) {
-        // SAFETY: forwarded contract.
-        unsafe { self.drop_seed() };
+        // The seed goes only once no other thread's cache can hold its
+        // blocks: an exiting thread flushing them (under the members lock)
+        // would follow links that the seed's next arena wrote.
         // SAFETY: forwarded contract.
         if unsafe { self.rewind_clean() } {
+            // SAFETY: as above; the only cache is ours (checked under the
+            // members lock, which an exit holds until its flush is done).
+            unsafe { self.drop_seed() };
             return;
         }
         let own = thread::current_tid();
         // SAFETY: forwarded contract.
         unsafe { self.detach(own) };
+        // SAFETY: as above: other caches are detached, exits done with us.
+        unsafe { self.drop_seed() };
         // Caches that keep one whole slab per class they used: the calling
         // thread's, and idle ones whose threads may come back (a request
         // hopping threads); each with the classes it still wants.
@@ -799,8 +804,8 @@ impl ArenaState {
         // SAFETY: live until here; exclusive (contract).
         unsafe {
             let a = &*state;
-            a.drop_seed();
             a.detach(u32::MAX); // every cache, the calling thread's too
+            a.drop_seed(); // after: see `reset_all`
             a.free_caches(&mut lock(&a.members));
             let superslabs = {
                 let mut pool = lock(&a.heap.pool);
