@@ -16,8 +16,10 @@
 //! that thread takes it with no lock and no system call. Reset keeps one
 //! slab per size class the dropping thread's cache used, whole, as that
 //! cache's bump range, so the next arena's first allocation of each class
-//! is a bump. Larger arenas, and spares a thread replaces, are destroyed:
-//! huge blocks unmapped, SuperSlabs to the warm cache.
+//! is a bump. A spare a thread replaces goes to the shared spares, which
+//! arenas of any thread take when they grow past their seeds (a new arena
+//! with no spare at hand starts in a [`seed`]). Larger arenas are
+//! destroyed: huge blocks unmapped, SuperSlabs to the warm cache.
 
 use crate::cache::ThreadCache;
 use crate::checked::Checked;
@@ -467,8 +469,8 @@ impl ArenaState {
                 return;
             }
             // The thread's previous spare (or this arena) goes to the
-            // shared spares, where other threads' `new()` find it: with no
-            // thread's cache attached.
+            // shared spares, where other threads' arenas find it when they
+            // grow past their seeds: with no thread's cache attached.
             // SAFETY: a spare: reset, no handle, nobody else holds it.
             unsafe { (*left).park_own() };
             // SAFETY: as above.
