@@ -21,18 +21,6 @@ use smallmid::{global_stats, trim_warm_cache, SmallMidArena};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 
-/// A fresh arena still in its seed: made on a fresh thread, which has no
-/// spare to hand out.
-fn seeded() -> SmallMidArena {
-    seeded_with(SmallMidArena::builder())
-}
-
-fn seeded_with(b: smallmid::Builder) -> SmallMidArena {
-    let a = std::thread::spawn(move || b.build()).join().unwrap();
-    assert_eq!(a.stats().superslabs, 0, "not in its seed: {a:?}");
-    a
-}
-
 fn nn(p: *mut u8) -> NonNull<u8> {
     NonNull::new(p).unwrap()
 }

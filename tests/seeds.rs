@@ -16,18 +16,6 @@ use allocator_api2::alloc::Allocator;
 use smallmid::{global_stats, trim_warm_cache, SmallMidArena};
 use std::sync::Mutex;
 
-/// A fresh arena still in its seed: made on a fresh thread, which has no
-/// spare to hand out.
-fn seeded() -> SmallMidArena {
-    seeded_with(SmallMidArena::builder())
-}
-
-fn seeded_with(b: smallmid::Builder) -> SmallMidArena {
-    let a = std::thread::spawn(move || b.build()).join().unwrap();
-    assert_eq!(a.stats().superslabs, 0, "not in its seed: {a:?}");
-    a
-}
-
 #[test]
 fn a_tiny_arena_holds_its_blocks_in_its_seed() {
     let _serial = serial();

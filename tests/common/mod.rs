@@ -131,3 +131,16 @@ pub fn wait_caches(a: &smallmid::SmallMidArena, n: u64) {
     }
     panic!("caches still attached: {}", a.stats());
 }
+
+/// A fresh arena still in its seed: made on a fresh thread, which has no
+/// spare to hand out.
+pub fn seeded() -> smallmid::SmallMidArena {
+    seeded_with(smallmid::SmallMidArena::builder())
+}
+
+/// As [`seeded`], with `b`'s settings.
+pub fn seeded_with(b: smallmid::Builder) -> smallmid::SmallMidArena {
+    let a = std::thread::spawn(move || b.build()).join().unwrap();
+    assert_eq!(a.stats().superslabs, 0, "not in its seed: {a:?}");
+    a
+}
