@@ -25,6 +25,29 @@ pub(crate) fn current_tid() -> u32 {
     TID.try_with(Cell::get).unwrap_or(DEAD)
 }
 
+thread_local_const! {
+    /// This thread's shard number, dealt round robin at first use.
+    static SHARD: Cell<usize> = Cell::new(usize::MAX);
+}
+
+global! {
+    static NEXT_SHARD: AtomicU64 = AtomicU64::new(0);
+}
+
+/// This thread's shard of `n`, for sharded pools (seeds, spare arenas):
+/// dealt round robin at first use, not taken from the thread's index, which
+/// a thread gets only with its first cache; 0 once thread-locals are gone.
+pub(crate) fn shard(n: usize) -> usize {
+    SHARD
+        .try_with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) as usize);
+            }
+            s.get() % n
+        })
+        .unwrap_or(0)
+}
+
 /// Sets this thread's index (an index just acquired, or [`DEAD`]).
 pub(crate) fn set_current(tid: u32) {
     let _ = TID.try_with(|t| t.set(tid));

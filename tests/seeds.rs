@@ -235,10 +235,14 @@ fn a_limit_set_on_a_seed_holds_once_it_grows() {
 #[test]
 fn tiny_arenas_share_superslabs() {
     let _serial = serial();
-    let (arenas, blocks) = std::thread::spawn(|| {
-        let arenas: Vec<SmallMidArena> = (0..10_000).map(|_| SmallMidArena::new()).collect();
+    // Arenas that took shared spares (other tests' drops) are set aside.
+    let (arenas, blocks, _spares) = std::thread::spawn(|| {
+        let (arenas, spares): (Vec<SmallMidArena>, _) = (0..10_000)
+            .map(|_| SmallMidArena::new())
+            .partition(|a| a.stats().superslabs == 0);
+        assert!(arenas.len() >= 9_000, "{} shared spares", spares.len());
         let blocks: Vec<usize> = arenas.iter().map(|a| alloc(a, l(8, 8)) as usize).collect();
-        (arenas, blocks)
+        (arenas, blocks, spares)
     })
     .join()
     .unwrap();

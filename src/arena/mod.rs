@@ -17,8 +17,9 @@
 //! slab per size class the dropping thread's cache used, whole, as that
 //! cache's bump range, so the next arena's first allocation of each class
 //! is a bump. A spare a thread replaces goes to the shared spares, which
-//! arenas of any thread take when they grow past their seeds (a new arena
-//! with no spare at hand starts in a [`seed`]). Larger arenas are
+//! a new arena of any thread takes when its thread has none (a new arena
+//! with no spare at hand starts in a [`seed`], and takes one when it
+//! grows). Larger arenas are
 //! destroyed: huge blocks unmapped, SuperSlabs to the warm cache.
 
 use crate::cache::ThreadCache;
@@ -27,7 +28,7 @@ use crate::heap::Heap;
 use crate::large;
 use crate::slab::{Use, SLAB_SIZE};
 use crate::superslab::{SuperSlab, META, STATE_OFFSET, SUPERSLAB_SIZE};
-use crate::sync::{lock, try_lock, AtomicPtr, Mutex, Ordering};
+use crate::sync::{global, lock, try_lock, AtomicPtr, AtomicU64, Mutex, Ordering};
 use crate::thread;
 use crate::warm;
 use allocator_api2::alloc::AllocError;
@@ -916,9 +917,10 @@ impl Builder {
         if limit < SLAB_SIZE {
             return Err(AllocError);
         }
-        // This thread's spare: warm, no lock. Else a seed (under `checked`,
-        // whose records live in the state, a state made whole).
-        if let Some(state) = take_spare(limit, false) {
+        // This thread's spare (warm, no lock), else a shared one (warm,
+        // a shard's lock). Else a seed (under `checked`, whose records
+        // live in the state, a state made whole).
+        if let Some(state) = take_spare(limit, true) {
             return Ok(SmallMidArena::with(state.as_ptr().cast()));
         }
         if cfg!(feature = "checked") {
@@ -956,6 +958,12 @@ const PER_SHARD: usize = 16;
 /// SuperSlabs one shard's spares may hold between them.
 const SHARD_SUPERSLABS: usize = 32;
 
+global! {
+    /// Bit `i` set: shard `i` holds spares (changed under its lock; read
+    /// without one, where a stale bit costs a seed or a wasted look).
+    static HELD: AtomicU64 = AtomicU64::new(0);
+}
+
 #[cfg(not(loom))]
 static SPARES: [Mutex<Spares>; SHARDS] = [const {
     Mutex::new(Spares {
@@ -973,8 +981,10 @@ loom::lazy_static! {
 }
 
 impl Spares {
-    fn shard(k: usize) -> &'static Mutex<Spares> {
-        &SPARES[(thread::current_tid() as usize).wrapping_add(k) % SHARDS]
+    /// The `k`th shard from this thread's.
+    fn shard(k: usize) -> (usize, &'static Mutex<Spares>) {
+        let i = (thread::shard(SHARDS) + k) % SHARDS;
+        (i, &SPARES[i])
     }
 
     /// Keeps `a` (holding `superslabs`) for any thread: in this thread's
@@ -983,10 +993,11 @@ impl Spares {
     /// False when there is no room.
     fn give(a: *mut ArenaState, superslabs: usize) -> bool {
         (0..SHARDS).any(|k| {
+            let (i, shard) = Self::shard(k);
             let Some(mut s) = (if k == 0 {
-                Some(lock(Self::shard(0)))
+                Some(lock(shard))
             } else {
-                try_lock(Self::shard(k))
+                try_lock(shard)
             }) else {
                 return false;
             };
@@ -998,6 +1009,9 @@ impl Spares {
             s.superslabs[n] = superslabs;
             s.total += superslabs;
             s.n += 1;
+            if n == 0 {
+                HELD.fetch_or(1 << i, Ordering::Relaxed);
+            }
             true
         })
     }
@@ -1005,35 +1019,51 @@ impl Spares {
     /// A spare from this thread's shard, else any shard that is free now;
     /// if every shard was busy, waits for each in turn.
     fn take() -> Option<NonNull<ArenaState>> {
+        // Most `new()`s find no spare: one load says so, no lock.
+        if HELD.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let mut busy = false;
-        let from = |s: &mut Spares| -> Option<NonNull<ArenaState>> {
+        let from = |i: usize, s: &mut Spares| -> Option<NonNull<ArenaState>> {
             s.n = s.n.checked_sub(1)?;
             s.total -= s.superslabs[s.n];
+            if s.n == 0 {
+                HELD.fetch_and(!(1 << i), Ordering::Relaxed);
+            }
             NonNull::new(s.arenas[s.n])
         };
         (0..SHARDS)
-            .find_map(|k| match try_lock(Self::shard(k)) {
-                Some(mut s) => from(&mut s),
-                None => {
-                    busy = true;
-                    None
+            .find_map(|k| {
+                let (i, shard) = Self::shard(k);
+                match try_lock(shard) {
+                    Some(mut s) => from(i, &mut s),
+                    None => {
+                        busy = true;
+                        None
+                    }
                 }
             })
             .or_else(|| {
-                busy.then(|| (0..SHARDS).find_map(|k| from(&mut lock(Self::shard(k)))))
-                    .flatten()
+                busy.then(|| {
+                    (0..SHARDS).find_map(|k| {
+                        let (i, shard) = Self::shard(k);
+                        from(i, &mut lock(shard))
+                    })
+                })
+                .flatten()
             })
     }
 
     /// Takes every shared spare (for trimming).
     fn drain(out: &mut SmallVec<[*mut ArenaState; 8]>) {
-        for shard in SPARES.iter() {
+        for (i, shard) in SPARES.iter().enumerate() {
             let mut s = lock(shard);
             while s.n > 0 {
                 s.n -= 1;
                 out.push(s.arenas[s.n]);
             }
             s.total = 0;
+            HELD.fetch_and(!(1 << i), Ordering::Relaxed);
         }
     }
 }

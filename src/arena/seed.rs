@@ -33,9 +33,9 @@ use super::{ArenaState, Front};
 use crate::asan;
 use crate::size_class::{CLASS_ALIGN, CLASS_SIZE};
 use crate::superslab::{SuperSlab, STATE_OFFSET, SUPERSLAB_SIZE};
-use crate::sync::{global, lock, thread_local_const, AtomicU64, Mutex, Ordering};
+use crate::sync::{lock, Mutex};
+use crate::thread;
 use crate::warm;
-use core::cell::Cell;
 use core::ptr::{null_mut, with_exposed_provenance_mut, NonNull};
 
 /// Bytes of a seed, and its alignment (so a block's seed is found by
@@ -244,29 +244,6 @@ unsafe impl Send for Shard {}
 
 const SHARDS: usize = 8;
 
-thread_local_const! {
-    /// This thread's shard, dealt round robin at its first seed (not its
-    /// index: a thread gets one only with its first cache).
-    static SHARD: Cell<usize> = Cell::new(usize::MAX);
-}
-
-global! {
-    static NEXT_SHARD: AtomicU64 = AtomicU64::new(0);
-}
-
-/// The calling thread's shard (shard 0 while its thread-locals are gone).
-fn my_shard() -> usize {
-    SHARD
-        .try_with(|s| {
-            if s.get() == usize::MAX {
-                let n = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
-                s.set(n as usize % SHARDS);
-            }
-            s.get()
-        })
-        .unwrap_or(0)
-}
-
 #[cfg(not(loom))]
 static SEEDS: [Mutex<Shard>; SHARDS] = [const { Mutex::new(Shard { avail: null_mut() }) }; SHARDS];
 #[cfg(loom)]
@@ -351,7 +328,7 @@ impl Shard {
 /// A fresh seed for an arena limited to `limit` bytes, from this thread's
 /// shard; `None` if the OS refuses a SuperSlab.
 pub(crate) fn new_seed(limit: usize) -> Option<NonNull<Seed>> {
-    let shard = my_shard();
+    let shard = thread::shard(SHARDS);
     let p = {
         let mut s = lock(&SEEDS[shard]);
         let r = match s.avail {
