@@ -568,6 +568,7 @@ fn limit_toggled_with_kept_spans_stats_exact() {
 #[test]
 fn thread_exit_races_arena_drop() {
     let _g = serial();
+    let base = in_use_after_trim();
     for round in 0..200 {
         let arena = Arc::new(SmallMidArena::new());
         let bar = Arc::new(Barrier::new(3));
@@ -578,6 +579,7 @@ fn thread_exit_races_arena_drop() {
             let p = a1.allocate(sl).unwrap();
             // SAFETY: just allocated: kept in this thread's cache.
             unsafe { a1.deallocate(p.cast(), sl) };
+            assert_eq!(*b, [round as u8; 100]);
             drop(b);
             drop(a1);
             b1.wait();
@@ -595,6 +597,16 @@ fn thread_exit_races_arena_drop() {
         t1.join().unwrap();
         t2.join().unwrap();
     }
+    let now = in_use_after_trim();
+    assert!(now <= base, "SuperSlabs in use: {base} before, {now} after");
+}
+
+/// SuperSlabs in use once exiting threads have settled and the warm cache,
+/// the spares and the seeds' SuperSlabs are trimmed.
+fn in_use_after_trim() -> usize {
+    settle(usize::MAX);
+    smallmid::trim_warm_cache();
+    smallmid::global_stats().superslabs_in_use
 }
 
 /// Arena dropped on a thread that never used it, while the threads that
@@ -812,6 +824,7 @@ fn miri_non_home_owner_boxes() {
 #[test]
 fn miri_thread_exit_vs_drop() {
     let _g = serial();
+    let base = in_use_after_trim();
     for _ in 0..2 {
         let arena = Arc::new(SmallMidArena::new());
         let a1 = arena.clone();
@@ -827,4 +840,6 @@ fn miri_thread_exit_vs_drop() {
         t1.join().unwrap();
         t2.join().unwrap();
     }
+    let now = in_use_after_trim();
+    assert!(now <= base, "SuperSlabs in use: {base} before, {now} after");
 }
