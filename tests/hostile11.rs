@@ -264,7 +264,7 @@ fn shared_spares_recycled_with_and_without_limits() {
                         } else {
                             SmallMidArena::new()
                         };
-                        // Grown: a seed takes a shared spare when it grows.
+                        // Grown (new() takes a shared spare; a seed would grow into one).
                         a.reserve(1).unwrap();
                         let s = a.stats();
                         if s.blocks_in_use != 0 || s.large_allocs != 0 || s.huge_bytes != 0 {

@@ -1125,7 +1125,17 @@ fn a_seed_arena_lives_and_dies_in_a_thread_local_destructor() {
     impl Drop for Late {
         fn drop(&mut self) {
             let r = std::panic::catch_unwind(|| {
-                let a = SmallMidArena::new();
+                // Shared spares (other tests' drops) are taken first: hold
+                // them until a `new()` starts in a seed.
+                let mut spares = Vec::new();
+                let a = loop {
+                    let a = SmallMidArena::new();
+                    if a.stats().superslabs == 0 {
+                        break a;
+                    }
+                    assert!(spares.len() < 1000, "never in a seed: {a:?}");
+                    spares.push(a);
+                };
                 let seeds: Vec<usize> = (0..6).map(|_| alloc(&a, l(16, 8)) as usize).collect();
                 for &p in &seeds {
                     stamp(p as *mut u8, 16, 0x77);
@@ -1147,6 +1157,7 @@ fn a_seed_arena_lives_and_dies_in_a_thread_local_destructor() {
                 assert_eq!(s.blocks_in_use, 0, "{s}");
                 assert_eq!(class_counts(&a, 16), (56, 56), "{s}");
                 drop(a);
+                drop(spares);
             });
             *RESULT.lock().unwrap() = Some(r.map_err(|e| {
                 e.downcast_ref::<String>()

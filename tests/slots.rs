@@ -144,7 +144,7 @@ fn hopping_arenas_shed_their_second_cache_and_lose_nothing() {
     let arenas: Vec<_> = (0..80)
         .map(|_| {
             let a = SmallMidArena::new();
-            a.reserve(1).unwrap(); // grown: a seed takes a shared spare when it grows
+            a.reserve(1).unwrap(); // grown (new() takes a shared spare; a seed would grow into one)
             a
         })
         .collect();

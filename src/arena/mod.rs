@@ -128,9 +128,10 @@ impl SmallMidArena {
     /// Creates an arena with default settings.
     ///
     /// Takes this thread's recycled spare arena (no lock, no system call),
-    /// else a 512-byte seed shared with other arenas' seeds, which serves
-    /// the first small blocks; the arena grows its state (a spare of any
-    /// thread, or a SuperSlab) when a block does not fit.
+    /// else a shared spare another thread dropped (a shard's lock), else a
+    /// 512-byte seed shared with other arenas' seeds, which serves the
+    /// first small blocks; the arena grows its state (a shared spare, or a
+    /// SuperSlab) when a block does not fit.
     ///
     /// # Panics
     /// If the OS refuses memory; see [`Self::try_new`].
@@ -470,8 +471,8 @@ impl ArenaState {
                 return;
             }
             // The thread's previous spare (or this arena) goes to the
-            // shared spares, where other threads' arenas find it when they
-            // grow past their seeds: with no thread's cache attached.
+            // shared spares, where other threads' `new()`s (and seeds that
+            // grow) find it: with no thread's cache attached.
             // SAFETY: a spare: reset, no handle, nobody else holds it.
             unsafe { (*left).park_own() };
             // SAFETY: as above.
@@ -935,8 +936,10 @@ impl Builder {
 
 /// Spare arenas any thread may take, for flows where arenas are made on
 /// one thread and dropped on another (requests hopping threads): sharded
-/// by thread index, taken with `try_lock`, so no process-wide lock sits on
-/// the path and a busy shard is skipped, not waited for. Each shard holds at
+/// by a round-robin thread number ([`thread::shard`]); a drop waits for its
+/// own shard's lock, then tries the others; a take tries each shard's lock
+/// and waits only if all were busy, and reads the [`HELD`] mask first, so
+/// a `new()` with no spare anywhere takes no lock. Each shard holds at
 /// most [`SHARD_SUPERSLABS`] SuperSlabs, so the spares hold at most 256 MiB
 /// of address space (and the pages those arenas touched) until
 /// `trim_warm_cache()`.
