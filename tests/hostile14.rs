@@ -829,11 +829,3 @@ fn limited_reset_with_full_caches() {
         assert_eq!(a.audit().blocks_out, 0);
     }
 }
-
-/// The text a panic carried (empty if it was not a string).
-fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
-    e.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}

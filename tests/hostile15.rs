@@ -17,14 +17,6 @@ use core::ptr::NonNull;
 use smallmid::{SharedArena, SmallMidArena};
 use std::sync::{mpsc, Arc, Barrier};
 
-/// The state address printed by `Debug`: which arena a handle is.
-fn state_of(a: &SmallMidArena) -> String {
-    let d = format!("{a:?}");
-    let from = d.find("state: ").expect("state field") + 7;
-    let to = from + d[from..].find(',').expect("end of state");
-    d[from..to].to_string()
-}
-
 /// Waits until no thread holds an index (exited threads' destructors ran).
 fn wait_no_threads() {
     for _ in 0..5000 {
@@ -108,13 +100,7 @@ fn exact(a: &SmallMidArena, blocks: u64, what: &str) -> smallmid::Stats {
 /// A fresh-looking arena: nothing counted, nothing attached, nothing out.
 #[track_caller]
 fn assert_clean(a: &SmallMidArena, what: &str) {
-    let s = a.stats();
-    assert_eq!(s.blocks_in_use, 0, "{what}\n{s}");
-    assert_eq!(s.bytes_in_use, 0, "{what}\n{s}");
-    assert_eq!(s.thread_caches, 0, "{what}\n{s}");
-    assert_eq!((s.large_allocs, s.large_frees), (0, 0), "{what}\n{s}");
-    assert!(s.classes.is_empty(), "{what}: counters survived\n{s}");
-    assert_eq!(s.huge_bytes, 0, "{what}\n{s}");
+    assert_fresh_counts(a, what);
     // Slabs an idle cache kept whole from the last reset go back first.
     a.flush_thread_cache();
     let au = a.audit();

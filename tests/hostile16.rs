@@ -1159,12 +1159,7 @@ fn a_seed_arena_lives_and_dies_in_a_thread_local_destructor() {
                 drop(a);
                 drop(spares);
             });
-            *RESULT.lock().unwrap() = Some(r.map_err(|e| {
-                e.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
-            }));
+            *RESULT.lock().unwrap() = Some(r.map_err(|e| panic_message(&*e)));
         }
     }
     thread_local! {

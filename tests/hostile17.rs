@@ -72,13 +72,7 @@ fn take_all_shared() -> Vec<SmallMidArena> {
 /// A fresh-looking arena: nothing counted, nothing attached, nothing out.
 #[track_caller]
 fn assert_clean(a: &SmallMidArena, what: &str) {
-    let s = a.stats();
-    assert_eq!(s.blocks_in_use, 0, "{what}\n{s}");
-    assert_eq!(s.bytes_in_use, 0, "{what}\n{s}");
-    assert_eq!(s.thread_caches, 0, "{what}\n{s}");
-    assert_eq!((s.large_allocs, s.large_frees), (0, 0), "{what}\n{s}");
-    assert!(s.classes.is_empty(), "{what}: counters survived\n{s}");
-    assert_eq!(s.huge_bytes, 0, "{what}\n{s}");
+    assert_fresh_counts(a, what);
     assert_eq!(a.audit().seed_blocks, 0, "{what}");
 }
 
@@ -326,14 +320,6 @@ fn the_held_mask_hides_no_spare_after_concurrent_parks_takes_and_trims() {
     }
 }
 
-/// The state address `Debug` prints: which arena a handle is.
-fn state_of(a: &SmallMidArena) -> String {
-    let d = format!("{a:?}");
-    let from = d.find("state: ").expect("state field") + 7;
-    let to = from + d[from..].find(',').expect("end of state");
-    d[from..to].to_string()
-}
-
 /// SuperSlabs of the arena when made (0: a seed), and whether it had no
 /// limit.
 type Outcome = (u64, bool);
@@ -348,12 +334,7 @@ fn after_exit(carrier: &SmallMidArena, f: fn() -> Outcome) -> Outcome {
     impl Drop for Late {
         fn drop(&mut self) {
             let f = F.lock().unwrap().take().expect("a function to run");
-            let r = std::panic::catch_unwind(f).map_err(|e| {
-                e.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
-            });
+            let r = std::panic::catch_unwind(f).map_err(|e| panic_message(&*e));
             *OUT.lock().unwrap() = Some(r);
         }
     }

@@ -158,3 +158,32 @@ pub fn seeded_with(b: smallmid::Builder) -> smallmid::SmallMidArena {
     drop(spares);
     a
 }
+
+/// The state address printed by `Debug`: which arena a handle is.
+pub fn state_of(a: &smallmid::SmallMidArena) -> String {
+    let d = format!("{a:?}");
+    let from = d.find("state: ").expect("state field") + 7;
+    let to = from + d[from..].find(',').expect("end of state");
+    d[from..to].to_string()
+}
+
+/// A fresh-looking arena's counts: nothing counted, nothing attached,
+/// nothing out.
+#[track_caller]
+pub fn assert_fresh_counts(a: &smallmid::SmallMidArena, what: &str) {
+    let s = a.stats();
+    assert_eq!(s.blocks_in_use, 0, "{what}\n{s}");
+    assert_eq!(s.bytes_in_use, 0, "{what}\n{s}");
+    assert_eq!(s.thread_caches, 0, "{what}\n{s}");
+    assert_eq!((s.large_allocs, s.large_frees), (0, 0), "{what}\n{s}");
+    assert!(s.classes.is_empty(), "{what}: counters survived\n{s}");
+    assert_eq!(s.huge_bytes, 0, "{what}\n{s}");
+}
+
+/// The text a panic carried (empty if it was not a string).
+pub fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
