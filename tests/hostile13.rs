@@ -604,9 +604,7 @@ fn thread_exit_races_arena_drop() {
 /// SuperSlabs in use once exiting threads have settled and the warm cache,
 /// the spares and the seeds' SuperSlabs are trimmed.
 fn in_use_after_trim() -> usize {
-    settle(usize::MAX);
-    smallmid::trim_warm_cache();
-    smallmid::global_stats().superslabs_in_use
+    trimmed_stats(usize::MAX).superslabs_in_use
 }
 
 /// Arena dropped on a thread that never used it, while the threads that

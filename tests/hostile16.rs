@@ -68,6 +68,30 @@ fn in_child(name: &str) {
     );
 }
 
+/// On another thread than `s1`'s maker: fills and frees the classes
+/// flushed before 160 B's, then frees 160 B blocks around seed block `s1`
+/// (whose flush order is the point) and the block `big` that grew the arena.
+fn flush_classes_then_160(a: &SmallMidArena, s1: usize, big: usize) {
+    let lay160 = l(160, 8);
+    for size in [8usize, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128] {
+        let cap = ((32 << 10) / size).min(1024) - 1;
+        let v: Vec<usize> = (0..cap).map(|_| alloc(a, l(size, 8)) as usize).collect();
+        for p in v {
+            free(a, p as *mut u8, l(size, 8));
+        }
+    }
+    let n: Vec<usize> = (0..40).map(|_| alloc(a, lay160) as usize).collect();
+    let m: Vec<usize> = (0..150).map(|_| alloc(a, lay160) as usize).collect();
+    for p in n {
+        free(a, p as *mut u8, lay160);
+    }
+    free(a, s1 as *mut u8, lay160);
+    for p in m {
+        free(a, p as *mut u8, lay160);
+    }
+    free(a, big as *mut u8, l(300, 8));
+}
+
 /// A seed block freed after the arena grew goes to the freeing thread's
 /// cache; that thread's exit flush walks the cache's list, reading each
 /// block's link, seed blocks included (`Heap::flush`). The arena's drop
@@ -132,25 +156,7 @@ fn exit_flush_race_child() {
             std::thread::scope(|s2| {
                 s2.spawn(move || {
                     let a = &*x2;
-                    // Bulk in classes flushed before 160 B's.
-                    for size in [8usize, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128] {
-                        let cap = ((32 << 10) / size).min(1024) - 1;
-                        let v: Vec<usize> =
-                            (0..cap).map(|_| alloc(a, l(size, 8)) as usize).collect();
-                        for p in v {
-                            free(a, p as *mut u8, l(size, 8));
-                        }
-                    }
-                    let n: Vec<usize> = (0..40).map(|_| alloc(a, lay160) as usize).collect();
-                    let m: Vec<usize> = (0..150).map(|_| alloc(a, lay160) as usize).collect();
-                    for p in n {
-                        free(a, p as *mut u8, lay160);
-                    }
-                    free(a, s1 as *mut u8, lay160);
-                    for p in m {
-                        free(a, p as *mut u8, lay160);
-                    }
-                    free(a, big as *mut u8, l(300, 8));
+                    flush_classes_then_160(a, s1, big);
                     // Y last: its cache is the first the exit returns.
                     free(y, alloc(y, l(8, 8)), l(8, 8));
                     drop(x2); // the exit flush follows
@@ -206,24 +212,7 @@ fn exit_flush_reset_race_child() {
             std::thread::scope(|s2| {
                 let a = &x;
                 s2.spawn(move || {
-                    for size in [8usize, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128] {
-                        let cap = ((32 << 10) / size).min(1024) - 1;
-                        let v: Vec<usize> =
-                            (0..cap).map(|_| alloc(a, l(size, 8)) as usize).collect();
-                        for p in v {
-                            free(a, p as *mut u8, l(size, 8));
-                        }
-                    }
-                    let n: Vec<usize> = (0..40).map(|_| alloc(a, lay160) as usize).collect();
-                    let m: Vec<usize> = (0..150).map(|_| alloc(a, lay160) as usize).collect();
-                    for p in n {
-                        free(a, p as *mut u8, lay160);
-                    }
-                    free(a, s1 as *mut u8, lay160);
-                    for p in m {
-                        free(a, p as *mut u8, lay160);
-                    }
-                    free(a, big as *mut u8, l(300, 8));
+                    flush_classes_then_160(a, s1, big);
                     free(y, alloc(y, l(8, 8)), l(8, 8));
                 });
             });
@@ -918,9 +907,7 @@ fn box_clones_grow_the_arena_on_another_thread() {
 fn a_shared_seed_arena_dropped_last_on_another_thread() {
     let _serial = serial();
     let base = base_threads();
-    settle(base);
-    trim_warm_cache();
-    let before = global_stats();
+    let before = trimmed_stats(base);
     for round in 0..50u64 {
         let shared = seeded().into_shared();
         let go = Arc::new(Barrier::new(4));
@@ -946,9 +933,7 @@ fn a_shared_seed_arena_dropped_last_on_another_thread() {
             h.join().unwrap();
         }
     }
-    settle(base);
-    trim_warm_cache();
-    let after = global_stats();
+    let after = trimmed_stats(base);
     assert_eq!(after.arenas_alive, before.arenas_alive, "{after}");
     assert!(
         after.superslabs_in_use <= before.superslabs_in_use,
@@ -965,9 +950,7 @@ fn a_shared_seed_arena_dropped_last_on_another_thread() {
 fn a_hundred_thousand_seeds_made_and_dropped_on_other_threads() {
     let _serial = serial();
     let base = base_threads();
-    settle(base);
-    trim_warm_cache();
-    let before = global_stats();
+    let before = trimmed_stats(base);
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..4)
         .map(|_| std::sync::mpsc::channel::<Vec<SmallMidArena>>())
         .unzip();
@@ -998,9 +981,7 @@ fn a_hundred_thousand_seeds_made_and_dropped_on_other_threads() {
         }
     });
     let during = global_stats();
-    settle(base);
-    trim_warm_cache();
-    let after = global_stats();
+    let after = trimmed_stats(base);
     assert_eq!(after.arenas_alive, before.arenas_alive, "{after}");
     // About 4,000 (256-byte) or 2,000 (512-byte) seeds to a SuperSlab:
     // not one SuperSlab per arena, nor per thousand.
@@ -1025,9 +1006,7 @@ fn a_hundred_thousand_seeds_made_and_dropped_on_other_threads() {
 fn seed_arenas_dropped_on_other_threads() {
     let _serial = serial();
     let base = base_threads();
-    settle(base);
-    trim_warm_cache();
-    let before = global_stats();
+    let before = trimmed_stats(base);
     for kind in 0..3 {
         let mut arenas = vec![];
         for _ in 0..50 {
@@ -1052,9 +1031,7 @@ fn seed_arenas_dropped_on_other_threads() {
         }
         std::thread::spawn(move || drop(arenas)).join().unwrap();
     }
-    settle(base);
-    trim_warm_cache();
-    let after = global_stats();
+    let after = trimmed_stats(base);
     assert_eq!(after.arenas_alive, before.arenas_alive, "{after}");
     assert!(
         after.superslabs_in_use <= before.superslabs_in_use,

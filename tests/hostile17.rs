@@ -544,9 +544,7 @@ fn hopping_arenas_with_limits_trims_and_exits() {
         from_spares.load(Ordering::Relaxed) > 100,
         "the hop never took a spare"
     );
-    settle(base);
-    trim_warm_cache();
-    let after = global_stats();
+    let after = trimmed_stats(base);
     assert_eq!(after.arenas_alive, before.arenas_alive, "{after}");
     assert!(
         after.superslabs_in_use <= before.superslabs_in_use,

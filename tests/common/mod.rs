@@ -187,3 +187,11 @@ pub fn panic_message(e: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_default()
 }
+
+/// Process-wide stats once exited threads have settled (down to `threads`)
+/// and the warm cache, the spares and the seeds' SuperSlabs are trimmed.
+pub fn trimmed_stats(threads: usize) -> smallmid::GlobalStats {
+    settle(threads);
+    smallmid::trim_warm_cache();
+    smallmid::global_stats()
+}
