@@ -219,6 +219,76 @@ impl ArenaState {
         unsafe { self.free_large(ptr, k) }
     }
 
+    /// Resizes small block `ptr` of class `a` to class `b` in place, if it
+    /// is the last block carved from `m`'s mixed range (see
+    /// [`crate::cache::ThreadCache::resize_in_place`]); its new length if so.
+    ///
+    /// # Safety
+    /// `m` is this thread's member here; `ptr` a live block of class `a`
+    /// of this arena, aligned for `b`.
+    #[inline(always)]
+    unsafe fn resize_tail(m: &Member, ptr: NonNull<u8>, a: usize, b: usize) -> Option<usize> {
+        // SAFETY: this thread owns its cache; `ptr` per contract.
+        if !unsafe { m.cache.resize_in_place(ptr.as_ptr(), a, b) } {
+            return None;
+        }
+        let (old_len, len) = (CLASS_SIZE[a] as usize, CLASS_SIZE[b] as usize);
+        if len > old_len {
+            asan::unpoison(ptr.as_ptr(), len);
+        } else {
+            asan::poison(ptr.as_ptr().wrapping_add(len), old_len - len);
+        }
+        Some(len)
+    }
+
+    /// Grows small block `ptr` into a small class through this thread's
+    /// member: the handle's fast path for a `Vec` growing. In place when the
+    /// class stays or the block ends the mixed range (as a bump allocator
+    /// extends its last block), else a block of the new class, a copy and
+    /// a free, all through the cache. `None` when either layout is not
+    /// small (the caller takes [`Self::relocate`]).
+    ///
+    /// # Safety
+    /// As for [`Allocator::grow`], with `m` this thread's member here.
+    #[inline(always)]
+    unsafe fn grow_in(
+        &self,
+        m: &Member,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Option<Result<NonNull<[u8]>, AllocError>> {
+        if old.size() == 0 {
+            return None;
+        }
+        let a = class_for(old.size(), old.align())?;
+        let b = class_for(new.size(), new.align())?;
+        self.checked.verify(ptr, old);
+        if ptr.as_ptr() as usize & (new.align() - 1) == 0 {
+            let len = if a == b {
+                Some(CLASS_SIZE[a] as usize)
+            } else {
+                // SAFETY: forwarded contract; aligned for `b` (checked).
+                unsafe { Self::resize_tail(m, ptr, a, b) }
+            };
+            if let Some(len) = len {
+                let block = NonNull::slice_from_raw_parts(ptr, len);
+                self.checked.freed(ptr, old);
+                self.checked.allocated(block, new);
+                return Some(Ok(block));
+            }
+        }
+        Some(self.allocate_in(m, new).inspect(|fresh| {
+            // SAFETY: both blocks are live and distinct; the old one holds
+            // `old.size()` bytes, the new one more; then the old one is
+            // freed (forwarded contract).
+            unsafe {
+                ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr().cast::<u8>(), old.size());
+                self.deallocate_in(m, ptr, old);
+            }
+        }))
+    }
+
     /// The block length if `ptr` (allocated with `old`) can serve `new` in
     /// place; the caller then passes `new` when freeing it.
     ///
@@ -234,15 +304,9 @@ impl ArenaState {
         ) {
             (Some(a), Some(b)) if a == b => Some(CLASS_SIZE[a] as usize),
             (Some(a), Some(b)) => {
+                let m = self.member()?;
                 // SAFETY: per contract a live block of class `a`.
-                let resized = unsafe { self.resize_small_in_place(ptr.as_ptr(), a, b) };
-                let (old_len, len) = (CLASS_SIZE[a] as usize, CLASS_SIZE[b] as usize);
-                if resized && len > old_len {
-                    asan::unpoison(ptr.as_ptr(), len);
-                } else if resized {
-                    asan::poison(ptr.as_ptr().wrapping_add(len), old_len - len);
-                }
-                resized.then_some(len)
+                unsafe { Self::resize_tail(m, ptr, a, b) }
             }
             (None, None) => match (
                 large::kind(old.size(), old.align()),
@@ -482,6 +546,14 @@ unsafe impl Allocator for SmallMidArena {
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
         debug_assert!(new.size() >= old.size());
+        let front = self.front();
+        // SAFETY: the handle's front is live while `self` is.
+        if let Some(m) = unsafe { &*front }.member() {
+            // SAFETY: as in `allocate`; forwarded trait contract.
+            if let Some(r) = unsafe { ArenaState::of_front(front).grow_in(m, ptr, old, new) } {
+                return r;
+            }
+        }
         // SAFETY: forwarded trait contract.
         unsafe { self.relocate(ptr, old, new, old.size()) }
     }

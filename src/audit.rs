@@ -87,7 +87,7 @@ impl SmallMidArena {
         let Some(st) = self.full() else {
             return a;
         };
-        let members = lock(&st.members);
+        let members = st.members.lock();
         let lists: Vec<_> = st.heap.classes.iter().map(lock).collect();
         let pool = lock(&st.heap.pool);
         a.superslabs = pool.superslabs;

@@ -136,7 +136,7 @@ impl SmallMidArena {
         let mut large = (0, 0, 0);
         let full = self.full();
         let thread_caches = full.map_or(0, |st| {
-            let m = lock(&st.members);
+            let m = st.members.lock();
             for c in 0..NUM_CLASSES {
                 // Retired caches' refills and cacheless threads' allocations
                 // both missed a cache.

@@ -610,3 +610,44 @@ fn seed_growth_races_a_seed_block() {
         assert_eq!((s.blocks_in_use, s.superslabs), (0, 1), "{s}");
     });
 }
+
+/// 18. A thread's exit flush races the owner's `reset()`: the owner gets
+///     the arena back exclusively (the other thread dropped its handle)
+///     while that thread's exit may still be returning its cache. The
+///     reset skips the members lock only when the arena is solo (one
+///     cache, nothing retired), which the exit's unlock publishes; either
+///     way nothing the exit returned survives the reset.
+#[test]
+fn thread_exit_races_reset() {
+    model(|| {
+        let mut arena = Arc::new(SmallMidArena::new());
+        // The owner's cache first, as a per-request worker's would be.
+        let mine = alloc(&arena, L256, 1);
+        free(&arena, mine);
+        let a2 = arena.clone();
+        let t = thread::spawn(move || {
+            let b = alloc(&a2, L256, 2);
+            drop(a2); // then the exit flushes `b`'s cache and retires it
+            b
+        });
+        let a = loop {
+            if let Some(a) = Arc::get_mut(&mut arena) {
+                break a;
+            }
+            thread::yield_now();
+        };
+        a.reset();
+        let s = a.stats();
+        assert_eq!(s.blocks_in_use, 0, "{s}");
+        // The reset arena serves again, and its accounting holds once the
+        // other thread's exit is done.
+        let b = alloc(a, L256, 3);
+        free(a, b);
+        let _dead = t.join().unwrap(); // freed by the reset
+        eventually(|| global_stats().threads == 1);
+        a.reset();
+        assert_eq!(out(a), 0);
+        let s = a.stats();
+        assert_eq!(s.blocks_in_use, 0, "{s}");
+    });
+}

@@ -22,7 +22,7 @@ use super::threads::{self, ThreadRecord};
 use super::ArenaState;
 use crate::cache::{ClassCounters, Counts, ThreadCache};
 use crate::size_class::NUM_CLASSES;
-use crate::sync::{lock, AtomicPtr, Ordering, UnsafeCell};
+use crate::sync::{lock, AtomicBool, AtomicPtr, Mutex, MutexGuard, Ordering, UnsafeCell};
 use crate::thread;
 use core::ptr::{null_mut, NonNull};
 use smallvec::SmallVec;
@@ -194,6 +194,69 @@ impl Members {
 // SAFETY: the raw cache pointers are only used under the members lock.
 unsafe impl Send for Members {}
 
+/// [`Members`] behind their lock, and whether they are *solo*: one cache
+/// attached and no retired counts. Every guard publishes that as it
+/// unlocks, so a reset of an arena owned exclusively can skip the lock
+/// when it holds (an uncontended lock and unlock were half of a reset's
+/// cost): an exiting thread's flush and fold happen before its guard's
+/// store, which the reset's load acquires.
+///
+/// Invariant: outside a guard, `solo == (caches == 1 && touched == 0)`.
+#[derive(Debug)]
+pub(crate) struct MembersLock {
+    members: Mutex<Members>,
+    solo: AtomicBool,
+}
+
+impl MembersLock {
+    pub(crate) fn new() -> Self {
+        MembersLock {
+            members: Mutex::new(Members::new()),
+            solo: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MembersGuard<'_> {
+        MembersGuard {
+            m: lock(&self.members),
+            solo: &self.solo,
+        }
+    }
+
+    /// One cache attached and no retired counts, as of the last unlock.
+    pub(crate) fn solo(&self) -> bool {
+        // Acquire: pairs with the guards' release, after their changes.
+        self.solo.load(Ordering::Acquire)
+    }
+}
+
+/// The members, locked; publishes [`MembersLock`]'s `solo` when dropped.
+pub(crate) struct MembersGuard<'a> {
+    m: MutexGuard<'a, Members>,
+    solo: &'a AtomicBool,
+}
+
+impl core::ops::Deref for MembersGuard<'_> {
+    type Target = Members;
+    fn deref(&self) -> &Members {
+        &self.m
+    }
+}
+
+impl core::ops::DerefMut for MembersGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Members {
+        &mut self.m
+    }
+}
+
+impl Drop for MembersGuard<'_> {
+    fn drop(&mut self) {
+        // Still under the lock: the mutex guard drops after this.
+        let solo = self.m.caches == 1 && self.m.touched == 0;
+        self.solo.store(solo, Ordering::Release);
+    }
+}
+
 /// What the allocation fast path reads through a handle: the slot table.
 /// The first field of an arena's state and of a seed (whose slots stay
 /// null, so every call on a seed misses and takes the slow path, which
@@ -281,7 +344,7 @@ impl ArenaState {
             return Some(unsafe { &*p });
         }
         let mem = {
-            let mut m = lock(&self.members);
+            let mut m = self.members.lock();
             let mem = m
                 .idle
                 .pop()
@@ -345,13 +408,13 @@ impl ArenaState {
     /// The arena is owned exclusively and was just reset (zero counters).
     pub(crate) unsafe fn park_own(&self) {
         let tid = thread::current_tid() as usize;
-        let Some((c, rec)) = self.attached_at(&lock(&self.members), tid) else {
+        let Some((c, rec)) = self.attached_at(&self.members.lock(), tid) else {
             return;
         };
         // SAFETY: our own record (alive: we run) and cache (alive with the
         // arena); lock order record, then members.
         unsafe { (*rec).forget(&*c) };
-        let mut m = lock(&self.members);
+        let mut m = self.members.lock();
         let slot = self.slot(tid, false).expect("slot of an attached cache");
         slot.store(null_mut(), Ordering::Release);
         m.attached(tid, false);
@@ -487,19 +550,6 @@ impl ArenaState {
         }
     }
 
-    /// Resizes block `b` from class `from` to `to` in place, if it is the
-    /// last one this thread's cache carved from its mixed range and the
-    /// range has room.
-    ///
-    /// # Safety
-    /// `b` is a live block of this arena of class `from`; on `true` it is
-    /// a block of class `to`.
-    pub(crate) unsafe fn resize_small_in_place(&self, b: *mut u8, from: usize, to: usize) -> bool {
-        // SAFETY: this thread owns its cache; `b` per contract.
-        self.member()
-            .is_some_and(|m| unsafe { m.cache.resize_in_place(b, from, to) })
-    }
-
     /// A span of `k` slabs this thread freed and kept, if any.
     pub(crate) fn take_kept_span(&self, k: usize) -> Option<NonNull<u8>> {
         self.member()?.cache.take_span(k)
@@ -540,7 +590,7 @@ impl ArenaState {
     pub(crate) fn alloc_small_slow(&self, class: usize) -> Option<NonNull<u8>> {
         let Some(m) = self.member_or_attach() else {
             let b = NonNull::new(self.heap.alloc_one(class)?);
-            lock(&self.members).count_orphan(class, 1, 0);
+            self.members.lock().count_orphan(class, 1, 0);
             return b;
         };
         // SAFETY: this thread owns its cache, which is this arena's.
@@ -573,7 +623,7 @@ impl ArenaState {
     #[inline(never)]
     pub(crate) unsafe fn free_small_slow(&self, class: usize, b: *mut u8) {
         let Some(m) = self.member_or_attach() else {
-            lock(&self.members).count_orphan(class, 0, 1);
+            self.members.lock().count_orphan(class, 0, 1);
             // SAFETY: forwarded contract.
             return unsafe { self.heap.free_one(class, b) };
         };
@@ -592,7 +642,7 @@ impl ArenaState {
             // SAFETY: this thread owns its cache, which is this arena's.
             unsafe { m.cache.flush(&self.heap, thread::current_tid()) };
         }
-        let m = lock(&self.members);
+        let m = self.members.lock();
         for &p in &m.idle {
             // SAFETY: idle caches belong to the arena; under the members
             // lock no thread can take one meanwhile.
@@ -606,7 +656,7 @@ impl ArenaState {
     pub(crate) fn reclaim_kept_spans(&self) {
         let mut spans: SmallVec<[*mut u8; 16]> = SmallVec::new();
         {
-            let m = lock(&self.members);
+            let m = self.members.lock();
             // The members lock keeps the caches attached; their owners may
             // keep and take meanwhile (see `ThreadCache::kept`).
             self.for_each_cache(&m, |_, c| c.cache.take_kept(|p| spans.push(p)));

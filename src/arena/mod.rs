@@ -40,7 +40,7 @@ mod members;
 mod seed;
 mod threads;
 pub(crate) use members::Front;
-pub(crate) use members::{Link, Member, Members, MAX_TIDS};
+pub(crate) use members::{Link, Member, MembersLock, MAX_TIDS};
 pub(crate) use seed::{trim as trim_seeds, Seed};
 use threads::ThreadRecord;
 
@@ -62,7 +62,7 @@ pub(crate) struct ArenaState {
     /// What the arena's threads share behind their caches (a heap finds
     /// its arena by its offset: [`ArenaState::of_heap`]).
     pub(crate) heap: Heap,
-    pub(crate) members: Mutex<Members>,
+    pub(crate) members: MembersLock,
     /// The first thread's membership, so a one-thread arena allocates none.
     pub(crate) first: Member,
     /// Live blocks, under the `checked` feature (else nothing).
@@ -476,7 +476,7 @@ impl ArenaState {
             // SAFETY: a spare: reset, no handle, nobody else holds it.
             unsafe { (*left).park_own() };
             // SAFETY: as above.
-            unsafe { (*left).shed_caches(&mut lock(&(*left).members)) };
+            unsafe { (*left).shed_caches(&mut (*left).members.lock()) };
             // Spares wait there without decay (unlike the warm cache), so
             // they go with no free SuperSlab and within a budget.
             let superslabs = {
@@ -504,7 +504,7 @@ impl ArenaState {
         type Owner = (usize, *const Member, *const ThreadRecord);
         let mut owners: SmallVec<[Owner; 8]> = SmallVec::new();
         {
-            let m = lock(&self.members);
+            let m = self.members.lock();
             let own = self.attached_at(&m, keep as usize).is_some();
             if m.caches == own as usize {
                 return; // nobody else's
@@ -523,7 +523,7 @@ impl ArenaState {
             // SAFETY: pinned above; caches live as long as the arena.
             unsafe { (*rec).forget(&*c) };
         }
-        let mut m = lock(&self.members);
+        let mut m = self.members.lock();
         for &(tid, c, rec) in &owners {
             // Still attached (its thread did not retire it meanwhile) and
             // unlisted: retire it for its thread.
@@ -581,7 +581,7 @@ impl ArenaState {
             takers.push((c, want, mix));
         }
         {
-            let mut m = lock(&self.members);
+            let mut m = self.members.lock();
             m.zero();
             for &p in &m.idle {
                 // SAFETY: idle caches are the arena's, used by nobody.
@@ -725,17 +725,15 @@ impl ArenaState {
         let Some(c) = self.own_cache() else {
             return false;
         };
-        let mut m = lock(&self.members);
-        // Again under the lock: an exiting thread flushes (and marks the
-        // arena dirty) before it retires its cache under this lock.
-        if m.caches != 1 || self.heap.dirty.load(Ordering::Relaxed) {
+        // Solo: ours is the only cache, and nothing retired counts. An
+        // exiting thread flushes (and marks the arena dirty) before its
+        // guard publishes that, so `dirty` is read again after.
+        if !self.members.solo() || self.heap.dirty.load(Ordering::Relaxed) {
             return false;
         }
         // SAFETY: our own cache; clean, so its ranges are whole slabs.
         let counted = unsafe { c.with(|i| i.rewind()) };
         c.clear_counters(counted);
-        m.zero();
-        drop(m);
         self.heap.zero_large();
         self.checked.clear();
         true
@@ -783,13 +781,13 @@ impl ArenaState {
             state.write(ArenaState {
                 front: Front::new(false),
                 heap: Heap::new(heap, home, limit),
-                members: Mutex::new(Members::new()),
+                members: MembersLock::new(),
                 first: Member::new(state),
                 checked: Checked::new(),
                 seed: AtomicPtr::new(null_mut()),
             });
             let first = &(*state).first as *const Member as *mut Member;
-            lock(&(*state).members).idle.push(first);
+            (*state).members.lock().idle.push(first);
             Some(NonNull::new_unchecked(state))
         }
     }
@@ -810,7 +808,7 @@ impl ArenaState {
             let a = &*state;
             a.detach(u32::MAX); // every cache, the calling thread's too
             a.drop_seed(); // after: see `reset_all`
-            a.free_caches(&mut lock(&a.members));
+            a.free_caches(&mut a.members.lock());
             let superslabs = {
                 let mut pool = lock(&a.heap.pool);
                 large::unmap_all_huge(&mut pool);

@@ -164,7 +164,7 @@ impl Drop for Guard {
             unsafe {
                 unlink(&mut head, &*c);
                 let a = (*c).arena;
-                let mut members = lock(&(*a).members);
+                let mut members = (*a).members.lock();
                 drop(head);
                 if (*a).retire_own(&mut members, r.tid) {
                     ThreadRecord::unref(rec);
