@@ -225,7 +225,7 @@ impl ArenaState {
     ///
     /// # Safety
     /// `m` is this thread's member here; `ptr` a live block of class `a`
-    /// of this arena, aligned for `b`.
+    /// of this arena (the cache checks it is aligned for class `b`).
     #[inline(always)]
     unsafe fn resize_tail(m: &Member, ptr: NonNull<u8>, a: usize, b: usize) -> Option<usize> {
         // SAFETY: this thread owns its cache; `ptr` per contract.
@@ -246,7 +246,8 @@ impl ArenaState {
     /// class stays or the block ends the mixed range (as a bump allocator
     /// extends its last block), else a block of the new class, a copy and
     /// a free, all through the cache. `None` when either layout is not
-    /// small (the caller takes [`Self::relocate`]).
+    /// small, or the old one is empty (the caller takes
+    /// [`Self::relocate`]).
     ///
     /// # Safety
     /// As for [`Allocator::grow`], with `m` this thread's member here.
@@ -268,7 +269,8 @@ impl ArenaState {
             let len = if a == b {
                 Some(CLASS_SIZE[a] as usize)
             } else {
-                // SAFETY: forwarded contract; aligned for `b` (checked).
+                // SAFETY: forwarded contract (the layout's alignment is
+                // checked above, the class's by the cache).
                 unsafe { Self::resize_tail(m, ptr, a, b) }
             };
             if let Some(len) = len {
@@ -279,9 +281,9 @@ impl ArenaState {
             }
         }
         Some(self.allocate_in(m, new).inspect(|fresh| {
-            // SAFETY: both blocks are live and distinct; the old one holds
-            // `old.size()` bytes, the new one more; then the old one is
-            // freed (forwarded contract).
+            // SAFETY: both blocks are live and distinct, and at least
+            // `old.size()` long (`new.size() >= old.size()`); then the old
+            // one is freed (forwarded contract).
             unsafe {
                 ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr().cast::<u8>(), old.size());
                 self.deallocate_in(m, ptr, old);
@@ -564,9 +566,8 @@ unsafe impl Allocator for SmallMidArena {
         old: Layout,
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        debug_assert!(new.size() >= old.size());
         // SAFETY: forwarded trait contract.
-        let b = unsafe { self.relocate(ptr, old, new, old.size())? };
+        let b = unsafe { self.grow(ptr, old, new)? };
         // SAFETY: bytes `old.size()..len` of the block are ours to zero,
         // whether it moved or not (they may hold a previous user's data).
         unsafe {

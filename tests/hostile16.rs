@@ -25,15 +25,6 @@ fn nn(p: *mut u8) -> NonNull<u8> {
     NonNull::new(p).unwrap()
 }
 
-/// Per-class (allocs, frees) of the class of block size `size`, or zeros.
-fn class_counts(a: &SmallMidArena, size: u64) -> (u64, u64) {
-    a.stats()
-        .classes
-        .iter()
-        .find(|c| c.size == size)
-        .map_or((0, 0), |c| (c.allocs, c.frees))
-}
-
 /// Threads with an index now, this one included (it gets one first, so
 /// `settle` does not wait for it to exit).
 fn base_threads() -> usize {

@@ -557,8 +557,8 @@ impl ArenaState {
         // would follow links that the seed's next arena wrote.
         // SAFETY: forwarded contract.
         if unsafe { self.rewind_clean() } {
-            // SAFETY: as above; the only cache is ours (checked under the
-            // members lock, which an exit holds until its flush is done).
+            // SAFETY: as above; the only cache is ours (the arena was
+            // solo, which an exit's unlock publishes after its flush).
             unsafe { self.drop_seed() };
             return;
         }

@@ -195,3 +195,12 @@ pub fn trimmed_stats(threads: usize) -> smallmid::GlobalStats {
     smallmid::trim_warm_cache();
     smallmid::global_stats()
 }
+
+/// Per-class (allocs, frees) of the class of block size `size`, or zeros.
+pub fn class_counts(a: &smallmid::SmallMidArena, size: u64) -> (u64, u64) {
+    a.stats()
+        .classes
+        .iter()
+        .find(|c| c.size == size)
+        .map_or((0, 0), |c| (c.allocs, c.frees))
+}
