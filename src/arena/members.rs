@@ -374,7 +374,8 @@ impl ArenaState {
     /// # Safety
     /// `m` is this arena's members lock; the cache's owner is the calling
     /// thread, or the arena is owned exclusively and its owner cannot run
-    /// its exit for this arena (see [`super::threads`]).
+    /// its exit for this arena (see [`super::threads`]); without `flush`,
+    /// the latter.
     pub(crate) unsafe fn retire(
         &self,
         m: &mut Members,
@@ -388,7 +389,8 @@ impl ArenaState {
         }
         // SAFETY: attached caches are live; per contract nobody else uses it.
         let c = unsafe { &*p };
-        // SAFETY: as above; the cache is this arena's.
+        // SAFETY: as above (without `flush`, the arena is ours alone); the
+        // cache is this arena's.
         let touched = unsafe { c.cache.empty(&self.heap, tid, flush) };
         if flush {
             m.fold(&c.cache.counters, touched);

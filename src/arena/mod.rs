@@ -575,7 +575,8 @@ impl ArenaState {
         if let Some(c) = self.own_cache() {
             // SAFETY: our own cache.
             let (mix, want, used) = unsafe { c.with(|i| (i.had_mixed(), i.ranged(), i.clear())) };
-            c.clear_counters(used);
+            // SAFETY: the arena is ours alone (contract).
+            unsafe { c.clear_counters(used) };
             c.spans.read(true);
             c.forget_kept();
             takers.push((c, want, mix));
@@ -733,7 +734,8 @@ impl ArenaState {
         }
         // SAFETY: our own cache; clean, so its ranges are whole slabs.
         let counted = unsafe { c.with(|i| i.rewind()) };
-        c.clear_counters(counted);
+        // SAFETY: the arena is ours alone (contract).
+        unsafe { c.clear_counters(counted) };
         self.heap.zero_large();
         self.checked.clear();
         true

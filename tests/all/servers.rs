@@ -210,3 +210,35 @@ fn thread_exits_beside_many_live_arenas() {
         unsafe { a.deallocate(b.cast(), Layout::new::<[u64; 4]>()) };
     }
 }
+
+/// A clean reset after blocks of many sizes zeroes every class's counters
+/// at once (one pass over the table, not class by class): nothing stays
+/// counted, and the next round counts from zero.
+#[test]
+fn reset_after_many_sizes_zeroes_every_count() {
+    let mut arena = SmallMidArena::new();
+    arena.reserve(1).unwrap(); // past the seed: this thread's cache serves
+    for round in 1..=3u64 {
+        let sizes: Vec<usize> = (1..=24).map(|k| k * 40).collect();
+        for &s in &sizes {
+            for _ in 0..round {
+                let l = Layout::from_size_align(s, 8).unwrap();
+                let p = arena.allocate(l).unwrap().cast::<u8>();
+                // SAFETY: a fresh block of `s` bytes.
+                unsafe { p.as_ptr().write_bytes(round as u8, s) };
+            }
+        }
+        let s = arena.stats();
+        let allocs: u64 = s.classes.iter().map(|c| c.allocs).sum();
+        assert_eq!((s.blocks_in_use, allocs), (24 * round, 24 * round), "{s}");
+        arena.reset();
+        let s = arena.stats();
+        assert!(
+            s.classes
+                .iter()
+                .all(|c| c.allocs == 0 && c.frees == 0 && c.refills == 0),
+            "{s}"
+        );
+        assert_eq!(s.blocks_in_use, 0, "{s}");
+    }
+}
