@@ -115,8 +115,8 @@ pub(crate) struct Inner {
     /// Bit `c` set: class `c` went through the slow path, so its counters
     /// may be non-zero (others are zero: retiring and reset skip them).
     /// With the mixed range's `classes`, every class the cache counted:
-    /// a reset clears the 15 or so classes a request used, not all 29
-    /// that a mixed range could serve.
+    /// a reset that finds a few clears those, one that finds many clears
+    /// the whole table at once (see [`ThreadCache::clear_counters`]).
     touched: u64,
     /// Retired by a detach (its thread may come back): the classes it used,
     /// which the next reset gives whole slabs to, as for the resetting
@@ -126,8 +126,11 @@ pub(crate) struct Inner {
     pub(crate) want_mix: bool,
 }
 
-/// Per-class counters of one cache. Written only by the owning thread (with
-/// [`bump`]), read by anyone holding the arena's members lock.
+/// Per-class counters of one cache. Written by the owning thread (with
+/// [`bump`]), read by anyone holding the arena's members lock, and zeroed
+/// with plain stores by whoever owns the arena exclusively (no reader or
+/// writer can run then: [`ThreadCache::clear_counters`]). Five `u64`s,
+/// no padding: all-zero bytes are zero counts.
 #[derive(Debug, Default)]
 pub(crate) struct ClassCounters {
     pub(crate) allocs: AtomicU64,
@@ -138,6 +141,10 @@ pub(crate) struct ClassCounters {
     /// Blocks this cache flushed into slabs another thread had taken from.
     pub(crate) cross: AtomicU64,
 }
+
+// Zeroed as bytes by `ThreadCache::clear_counters`: five plain `u64`s.
+#[cfg(not(loom))]
+const _: () = assert!(core::mem::size_of::<ClassCounters>() == 5 * 8);
 
 /// What a cache's kept spans did: spans allocated from and freed into it,
 /// and the change of bytes in use (wrapping). Written only by the owning
